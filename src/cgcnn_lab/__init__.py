@@ -1,0 +1,3 @@
+"""cgcnn-lab: Crystal Graph Convolutional Neural Networks, done properly."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""A featurised dataset ready for training: graphs + targets + what was skipped and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.featurize import GraphSet, featurize
+from cgcnn_lab.data.graph import GraphConfig
+from cgcnn_lab.data.sources import DataError, Problem, ProblemLog, RawDataset, summarize_problems
+
+
+@dataclass
+class CrystalDataset(torch.utils.data.Dataset):
+    """Crystals as PyTorch Geometric ``Data`` objects (z, edge_index, distance, y), built once and kept in memory."""
+
+    name: str
+    graphs: GraphSet
+    targets: np.ndarray | None  # float64 [S, T] in the data's own units
+    target_names: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        g = self.graphs
+        y = None if self.targets is None else torch.as_tensor(self.targets, dtype=torch.float32)
+        z = torch.from_numpy(g.z)
+        ei = torch.from_numpy(g.edge_index)
+        dist = torch.from_numpy(g.distance)
+        self._data = []
+        for i in range(len(g)):
+            a0, a1, e0, e1 = (int(v) for v in (g.atom_ptr[i], g.atom_ptr[i + 1], g.edge_ptr[i], g.edge_ptr[i + 1]))
+            d = Data(z=z[a0:a1], edge_index=ei[:, e0:e1], distance=dist[e0:e1], num_nodes=a1 - a0)
+            d.index = torch.tensor([i])
+            if y is not None:
+                d.y = y[i : i + 1]
+            self._data.append(d)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, i: int) -> Data:
+        return self._data[i]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.graphs.ids
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return self.graphs.n_atoms
+
+    def summary(self) -> str:
+        g = self.graphs
+        lines = [
+            f"{self.name}: {len(g)} crystals, {len(g.z)} atoms, {len(g.distance)} edges"
+            f" ({'cached graphs' if g.from_cache else 'featurised'} in {g.seconds:.2f} s)"
+        ]
+        lines += self.notes
+        if self.problems:
+            lines.append(summarize_problems(self.problems))
+        return "\n".join(lines)
+
+
+def build_dataset(
+    raw: RawDataset,
+    config: GraphConfig,
+    encoding: ElementEncoding | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    strict: bool = False,
+    jobs: int = 0,
+    progress: bool = False,
+) -> CrystalDataset:
+    """Featurise (or load from cache), drop entries the encoding cannot represent, attach targets."""
+    if not raw.entries:
+        detail = f"\n{summarize_problems(raw.problems)}" if raw.problems else ""
+        raise DataError(f"{raw.name}: empty dataset, no usable crystals{detail}")
+    graphs = featurize(raw.entries, config, cache_dir=cache_dir, use_cache=use_cache, jobs=jobs, progress=progress)
+    log = ProblemLog(strict)
+    if strict and graphs.problems:
+        p = graphs.problems[0]
+        raise DataError(f"{p} (strict mode; drop --strict to skip bad entries)")
+    log.problems.extend(raw.problems + graphs.problems)
+
+    keep = np.ones(len(graphs), dtype=bool)
+    if encoding is not None:
+        known = encoding.available[np.minimum(graphs.z, len(encoding.available) - 1)] & (graphs.z < len(encoding.available))
+        if not known.all():
+            crystal_of_atom = np.repeat(np.arange(len(graphs)), graphs.n_atoms)
+            by_id = {e.id: e for e in raw.entries}
+            for i in np.unique(crystal_of_atom[~known]):
+                entry = by_id[str(graphs.ids[i])]
+                try:
+                    encoding.check(graphs.graph(int(i)).z, entry.id)
+                except ValueError as err:
+                    log.add(entry.where, entry.id, f"unknown element: {err}")
+                keep[i] = False
+    if not keep.all():
+        graphs = graphs.select(keep)
+    if len(graphs) == 0:
+        raise DataError(f"{raw.name}: empty dataset, no crystal could be featurised\n{summarize_problems(log.problems)}")
+
+    notes = list(raw.notes)
+    degree = graphs.degree()
+    short = int((degree < config.max_neighbors).sum())
+    if short:
+        n_crystals = len(np.unique(np.repeat(np.arange(len(graphs)), graphs.n_atoms)[degree < config.max_neighbors]))
+        notes.append(
+            f"{short} atom(s) in {n_crystals} crystal(s) have fewer than {config.max_neighbors} neighbours within "
+            f"{config.radius} Å; they use the neighbours they have (no padding)"
+        )
+    targets = None
+    if raw.has_targets:
+        by_id = {e.id: e.targets for e in raw.entries}
+        targets = np.stack([by_id[str(i)] for i in graphs.ids]).astype(np.float64)
+    return CrystalDataset(raw.name, graphs, targets, list(raw.target_names), log.problems, notes)

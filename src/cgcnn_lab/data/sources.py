@@ -1,0 +1,390 @@
+"""Where crystals come from: a CGCNN folder, a table file, or pymatgen objects.
+
+Readers only *collect* entries (id, raw structure text, targets) and check what can be checked without
+parsing structures: ids, targets, missing files. Parsing and graph building happen later, once, in
+:mod:`cgcnn_lab.data.featurize`, so that a cached dataset never re-parses a CIF.
+
+Every problem is recorded with the file/row it came from. By default a bad entry is skipped and counted in
+a summary; with ``strict=True`` the first problem raises :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from pymatgen.core import Structure
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz", ".parquet", ".pq")
+STRUCTURE_COLUMNS = ("structure", "cif", "structure_json", "atoms")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file/row and the problem."""
+
+
+@dataclass
+class Entry:
+    """One crystal before featurisation. ``content`` is the raw text (CIF or pymatgen JSON) or a Structure."""
+
+    id: str
+    where: str  # e.g. "data/123.cif" or "table.csv.gz row 17": used in every message about this entry
+    content: str | Structure
+    targets: np.ndarray | None = None  # float64 [T]; None when the data has no targets (prediction)
+    extra: dict | None = None  # other table columns asked for (e.g. a fold column)
+
+
+@dataclass
+class Problem:
+    where: str
+    id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class RawDataset:
+    """Entries plus everything a run needs to know about their origin."""
+
+    name: str
+    entries: list[Entry]
+    target_names: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    atom_init: Path | None = None  # an atom_init.json shipped with a CGCNN folder
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self.target_names) and all(e.targets is not None for e in self.entries)
+
+
+class ProblemLog:
+    """Collects problems; raises on the first one in strict mode."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.problems: list[Problem] = []
+
+    def add(self, where: str, entry_id: str, message: str) -> None:
+        problem = Problem(where, entry_id, message)
+        if self.strict:
+            raise DataError(f"{problem} (strict mode; drop --strict to skip bad entries)")
+        self.problems.append(problem)
+
+
+def summarize_problems(problems: Sequence[Problem], limit: int = 8) -> str:
+    """One short block: counts by kind and the first few messages, never one line per structure."""
+    if not problems:
+        return ""
+    kinds = Counter(p.message.split(":")[0].split("(")[0].strip() for p in problems)
+    head = f"skipped {len(problems)} entr{'y' if len(problems) == 1 else 'ies'}: " + ", ".join(
+        f"{n} × {k}" for k, n in kinds.most_common()
+    )
+    lines = [head] + [f"  {p}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+def parse_target(text: object, where: str, column: str) -> float:
+    """A finite float, or a DataError explaining what the cell held."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise DataError(f"{where}: missing target '{column}'")
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: target '{column}' = {str(text)[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: target '{column}' is {value} (NaN/inf)")
+    return value
+
+
+def _check_duplicates(entries: list[Entry], log: ProblemLog) -> list[Entry]:
+    seen: dict[str, str] = {}
+    kept = []
+    for e in entries:
+        if e.id in seen:
+            log.add(e.where, e.id, f"duplicate id {e.id!r} (first seen at {seen[e.id]})")
+            continue
+        seen[e.id] = e.where
+        kept.append(e)
+    return kept
+
+
+# ---------------------------------------------------------------- CGCNN folder: id_prop.csv + ID.cif
+
+
+def _read_id_prop(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text))]
+    return [r for r in rows if any(r)]
+
+
+def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets: bool = True) -> RawDataset:
+    """The original CGCNN layout: ``id_prop.csv`` (no header: id, target[, target...]) and ``ID.cif`` files.
+
+    Copes with what real folders contain: CRLF line endings, a missing final newline, a BOM, blank lines,
+    an accidental header row, CIFs that no row lists (ignored and counted), rows without a CIF (skipped).
+    """
+    folder = Path(folder)
+    id_prop = folder / "id_prop.csv"
+    if not id_prop.is_file():
+        raise DataError(f"{folder}: no id_prop.csv (expected the CGCNN layout: id_prop.csv + ID.cif files)")
+    rows = _read_id_prop(id_prop)
+    if not rows:
+        raise DataError(f"{id_prop}: empty file, no crystals listed")
+    log = ProblemLog(strict)
+    n_targets = max(len(r) for r in rows) - 1
+    header = rows[0]
+    if n_targets and len(rows) > 1 and not _is_number(header[1]) and _is_number(rows[1][1] if len(rows[1]) > 1 else ""):
+        rows = rows[1:]  # tolerate a header line, which the original format does not have
+        target_names = header[1:]
+    else:
+        target_names = [f"target{k}" if n_targets > 1 else "target" for k in range(n_targets)]
+    if not require_targets and n_targets == 0:
+        target_names = []
+
+    entries: list[Entry] = []
+    for line_no, row in enumerate(rows, start=1):
+        where = f"{id_prop} row {line_no}"
+        entry_id = row[0]
+        cif = folder / f"{entry_id}.cif"
+        if not cif.is_file():
+            log.add(where, entry_id, f"missing structure: no file {cif.name} for id {entry_id!r}")
+            continue
+        targets = None
+        if target_names:
+            try:
+                cells = row[1:] + [""] * (len(target_names) - len(row) + 1)
+                targets = np.array([parse_target(c, where, n) for c, n in zip(cells, target_names)])
+            except DataError as err:
+                if require_targets:
+                    log.add(where, entry_id, str(err).split(": ", 1)[1])
+                    continue
+        try:
+            content = cif.read_bytes().decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            log.add(str(cif), entry_id, "unreadable CIF: not UTF-8 text (binary or wrong encoding)")
+            continue
+        entries.append(Entry(entry_id, str(cif), content, targets))
+
+    entries = _check_duplicates(entries, log)
+    listed = {e.id for e in entries} | {p.id for p in log.problems}
+    unlisted = [p.stem for p in folder.glob("*.cif") if p.stem not in listed]
+    notes = [f"{len(unlisted)} CIF file(s) in {folder} are not listed in id_prop.csv and were ignored"] if unlisted else []
+    atom_init = folder / "atom_init.json"
+    return RawDataset(
+        name=folder.name,
+        entries=entries,
+        target_names=target_names if all(e.targets is not None for e in entries) else [],
+        problems=log.problems,
+        notes=notes,
+        atom_init=atom_init if atom_init.is_file() else None,
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- tables: CSV / JSON / Parquet
+
+
+def _read_frame(path: Path):
+    import pandas as pd
+
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz")):
+            return pd.read_csv(path, dtype={0: str}, keep_default_na=False, na_values=[""])
+        if name.endswith((".json", ".json.gz")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pd.read_json(path, orient=None, dtype=False)
+        if name.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+    except Exception as err:  # pandas raises many types; the user needs file + reason
+        raise DataError(f"{path}: cannot read table ({type(err).__name__}: {err})") from None
+    raise DataError(f"{path}: unknown table format (expected one of {', '.join(TABLE_SUFFIXES)})")
+
+
+def read_table(
+    path: str | Path,
+    targets: Sequence[str] = (),
+    id_col: str | None = None,
+    structure_col: str | None = None,
+    strict: bool = False,
+    extra_cols: Sequence[str] = (),
+) -> RawDataset:
+    """One row per crystal: an id column, a structure column (CIF text or pymatgen JSON/dict), target columns."""
+    path = Path(path)
+    frame = _read_frame(path)
+    if len(frame) == 0:
+        raise DataError(f"{path}: the table has no rows")
+    columns = [str(c) for c in frame.columns]
+    structure_col = structure_col or next((c for c in STRUCTURE_COLUMNS if c in columns), None)
+    if structure_col is None or structure_col not in columns:
+        raise DataError(
+            f"{path}: no structure column {structure_col!r}; columns are {columns}. Use --structure-col NAME"
+        )
+    if id_col is None:
+        id_col = next((c for c in ("id", "material_id", "mp_id", "name") if c in columns), None)
+    elif id_col not in columns:
+        raise DataError(f"{path}: no id column {id_col!r}; columns are {columns}")
+    missing = [t for t in targets if t not in columns]
+    if missing:
+        raise DataError(f"{path}: target column(s) {missing} not found; columns are {columns}")
+    missing = [c for c in extra_cols if c not in columns]
+    if missing:
+        raise DataError(f"{path}: column(s) {missing} not found; columns are {columns}")
+
+    log = ProblemLog(strict)
+    ids = frame[id_col].astype(str).tolist() if id_col else [str(i) for i in frame.index]
+    structures = frame[structure_col].tolist()
+    target_values = frame[list(targets)].to_numpy(dtype=object) if targets else None
+    extras = frame[list(extra_cols)].to_dict("records") if extra_cols else None
+    entries: list[Entry] = []
+    for row, (entry_id, content) in enumerate(zip(ids, structures)):
+        where = f"{path.name} row {row + 1} (id {entry_id})"
+        if isinstance(content, dict):
+            content = json.dumps(content)
+        if not isinstance(content, str) or not content.strip():
+            log.add(where, entry_id, f"missing structure: column '{structure_col}' is empty")
+            continue
+        values = None
+        if target_values is not None:
+            try:
+                values = np.array([parse_target(v, where, t) for v, t in zip(target_values[row], targets)])
+            except DataError as err:
+                log.add(where, entry_id, str(err).split(": ", 1)[1])
+                continue
+        entries.append(Entry(entry_id, where, content, values, extras[row] if extras else None))
+    entries = _check_duplicates(entries, log)
+    return RawDataset(name=path.name.split(".")[0], entries=entries, target_names=list(targets), problems=log.problems)
+
+
+# ---------------------------------------------------------------- Python objects
+
+
+def from_structures(
+    structures: Sequence[Structure],
+    targets: Sequence[float] | Sequence[Sequence[float]] | None = None,
+    ids: Sequence[str] | None = None,
+    target_names: Sequence[str] | None = None,
+    strict: bool = False,
+) -> RawDataset:
+    """pymatgen Structures (with optional targets) as a dataset."""
+    ids = [str(i) for i in ids] if ids is not None else [f"structure-{i}" for i in range(len(structures))]
+    if len(ids) != len(structures):
+        raise DataError(f"{len(ids)} ids for {len(structures)} structures")
+    values = None
+    if targets is not None:
+        values = np.asarray(targets, dtype=np.float64)
+        values = values.reshape(len(structures), -1)
+    names = list(target_names) if target_names else (
+        [] if values is None else (["target"] if values.shape[1] == 1 else [f"target{k}" for k in range(values.shape[1])])
+    )
+    log = ProblemLog(strict)
+    entries = []
+    for i, (entry_id, s) in enumerate(zip(ids, structures)):
+        where = f"structure #{i} (id {entry_id})"
+        row = None if values is None else values[i]
+        if row is not None and not np.isfinite(row).all():
+            log.add(where, entry_id, "target is NaN/inf")
+            continue
+        entries.append(Entry(entry_id, where, s, row))
+    entries = _check_duplicates(entries, log)
+    return RawDataset("structures", entries, names, log.problems)
+
+
+def load_dataset(
+    source: str | Path,
+    targets: Sequence[str] = (),
+    id_col: str | None = None,
+    structure_col: str | None = None,
+    strict: bool = False,
+    require_targets: bool = True,
+    extra_cols: Sequence[str] = (),
+) -> RawDataset:
+    """Dispatch on what ``source`` is: a CGCNN folder or a table file."""
+    path = Path(source)
+    if path.is_dir():
+        if extra_cols:
+            raise DataError(f"{path}: columns {list(extra_cols)} need a table file; a CGCNN folder has only id_prop.csv")
+        if targets:
+            raise DataError(f"{path}: --target selects table columns; a CGCNN folder's targets come from id_prop.csv")
+        return read_cgcnn_folder(path, strict=strict, require_targets=require_targets)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if not path.name.lower().endswith(TABLE_SUFFIXES):
+        raise DataError(f"{path}: expected a CGCNN folder or a table ({', '.join(TABLE_SUFFIXES)})")
+    if require_targets and not targets:
+        raise DataError(f"{path}: name the target column(s) with --target (e.g. --target e_form)")
+    return read_table(path, targets, id_col=id_col, structure_col=structure_col, strict=strict, extra_cols=extra_cols)
+
+
+# ---------------------------------------------------------------- structure parsing (called when featurising)
+
+MIN_INTERATOMIC_DISTANCE = 0.5  # Å; closer atoms mean a broken file (duplicated sites), not chemistry
+MAX_ATOMS = 5000
+
+
+def parse_structure(entry: Entry) -> Structure:
+    """Parse and sanity-check one entry; raise DataError with the entry's location and the problem."""
+    if isinstance(entry.content, Structure):
+        structure = entry.content
+    else:
+        text = entry.content.lstrip()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if text.startswith("{"):
+                    structure = Structure.from_dict(json.loads(text))
+                else:
+                    structure = Structure.from_str(text, fmt="cif")
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            hints = "; ".join(str(w.message).splitlines()[0] for w in caught[:2])
+            raise DataError(
+                f"{entry.where}: unreadable structure ({reason[:200]}{'; ' + hints[:200] if hints else ''})"
+            ) from None
+    check_structure(structure, entry.where)
+    return structure
+
+
+def check_structure(structure: Structure, where: str) -> None:
+    if len(structure) == 0:
+        raise DataError(f"{where}: structure has no atoms")
+    if len(structure) > MAX_ATOMS:
+        raise DataError(f"{where}: {len(structure)} atoms exceeds the limit of {MAX_ATOMS}")
+    if not structure.is_ordered:
+        raise DataError(f"{where}: disordered structure (partial occupancy); CGCNN needs one element per site")
+    volume = structure.lattice.volume
+    if not math.isfinite(volume) or volume < 1e-3 * len(structure):
+        raise DataError(f"{where}: degenerate lattice (cell volume {volume:.3g} Å^3)")
+    if not np.isfinite(structure.frac_coords).all():
+        raise DataError(f"{where}: non-finite atomic coordinates")
+    if len(structure) > 1:
+        close = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)[3]
+        if len(close):
+            raise DataError(
+                f"{where}: overlapping atoms ({float(close.min()):.3f} Å apart, below {MIN_INTERATOMIC_DISTANCE} Å)"
+            )
+

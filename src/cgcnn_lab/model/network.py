@@ -1,0 +1,126 @@
+"""The CGCNN network family: embed atoms, convolve, pool, read out. One class, configured by ``ModelConfig``.
+
+Layer names follow the original code (``embedding``, ``convs``, ``conv_to_fc``, ``fcs``, ``fc_out``) so
+published checkpoints map onto it parameter for parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+
+from cgcnn_lab.data.graph import GaussianExpansion
+from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation
+
+POOLING = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Defaults are the original CGCNN's (3 gated convs, 64 atom features, 128 hidden, mean pool)."""
+
+    conv: str = "gated"
+    n_conv: int = 3
+    atom_fea_len: int = 64
+    h_fea_len: int = 128
+    n_h: int = 1
+    activation: str = "softplus"
+    batchnorm: bool = True
+    dropout: float = 0.0
+    pool: str = "mean"
+    atom_encoding: str = "fixed"  # "fixed": element feature table (cgcnn92 / atom_init.json); "learned": embedding
+    task: str = "regression"  # or "classification"
+    n_outputs: int = 1  # targets (regression) or classes (classification)
+    radius: float = 8.0  # Gaussian grid of the bond expansion, 0..radius
+    gaussian_step: float = 0.2
+    gaussian_width: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "conv": (self.conv, CONV_CHOICES),
+            "pool": (self.pool, list(POOLING)),
+            "task": (self.task, ["regression", "classification"]),
+            "atom_encoding": (self.atom_encoding, ["fixed", "learned"]),
+        }
+        for name, (value, choices) in checks.items():
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+        activation(self.activation)  # validates the name
+        if self.task == "classification" and self.n_outputs < 2:
+            raise ValueError("classification needs at least 2 classes")
+        if self.n_h < 1 or self.n_conv < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("need n_h >= 1, n_conv >= 0 and 0 <= dropout < 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class CGCNN(nn.Module):
+    """Crystal Graph Convolutional Neural Network (Xie & Grossman, PRL 120, 145301, 2018).
+
+    Input: a PyG batch with ``z`` (atomic numbers), ``edge_index``, ``distance`` and ``batch``.
+    Output: [n_crystals, n_outputs] (log-probabilities for classification).
+    """
+
+    def __init__(self, config: ModelConfig, element_table: np.ndarray | torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = c = config
+        if c.atom_encoding == "fixed":
+            if element_table is None:
+                raise ValueError("atom_encoding='fixed' needs an element feature table")
+            table = torch.as_tensor(np.asarray(element_table), dtype=torch.float32)
+            self.register_buffer("element_table", table)
+            self.embedding = nn.Linear(table.shape[1], c.atom_fea_len)
+        else:
+            self.element_table = None
+            self.embedding = nn.Embedding(119, c.atom_fea_len)
+        self.expansion = GaussianExpansion(c.radius, c.gaussian_step, c.gaussian_width)
+        edge_dim = self.expansion.out_features
+        conv_cls = CONVOLUTIONS.get(c.conv)
+        n_conv = 0 if c.conv == "none" else c.n_conv
+        self.convs = nn.ModuleList(
+            conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm) for _ in range(n_conv)
+        )
+        self.pool = POOLING[c.pool]
+        self.act = activation(c.activation)
+        self.conv_to_fc = nn.Linear(c.atom_fea_len, c.h_fea_len)
+        self.fcs = nn.ModuleList(nn.Linear(c.h_fea_len, c.h_fea_len) for _ in range(c.n_h - 1))
+        self.dropout = nn.Dropout(c.dropout)
+        self.fc_out = nn.Linear(c.h_fea_len, c.n_outputs)
+
+    def atom_features(self, batch) -> torch.Tensor:
+        """Atom features after the convolutions (what pooling sees)."""
+        if self.element_table is not None:
+            x = self.embedding(self.element_table[batch.z])
+        else:
+            x = self.embedding(batch.z)
+        edge_attr = self.expansion(batch.distance)
+        for conv in self.convs:
+            x = conv(x, batch.edge_index, edge_attr)
+        return x
+
+    def readout(self, crystal: torch.Tensor) -> torch.Tensor:
+        """Pooled crystal features -> outputs (the original applies the activation before conv_to_fc too)."""
+        h = self.act(self.conv_to_fc(self.act(crystal)))
+        h = self.dropout(h)
+        for fc in self.fcs:
+            h = self.act(fc(h))
+        out = self.fc_out(h)
+        return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
+
+    def forward(self, batch) -> torch.Tensor:
+        x = self.atom_features(batch)
+        n_crystals = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
+        return self.readout(self.pool(x, batch.batch, n_crystals))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

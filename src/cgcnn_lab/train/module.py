@@ -1,0 +1,91 @@
+"""The Lightning module: loss, metrics and optimiser around a :class:`CGCNN`.
+
+Everything needed to rebuild the model and read its outputs lives in ``spec`` (plain Python types only), which
+Lightning stores in every checkpoint as ``hyper_parameters``: a checkpoint file alone is enough to predict, and it
+loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.model.network import CGCNN, ModelConfig
+from cgcnn_lab.train.targets import TargetTransform
+
+SPEC_VERSION = 1
+
+
+def crystal_sizes(batch) -> torch.Tensor:
+    return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32)
+
+
+def build_model(spec: dict) -> CGCNN:
+    encoding = spec.get("encoding")
+    table = None if encoding is None else ElementEncoding.from_dict(encoding).table
+    return CGCNN(ModelConfig.from_dict(spec["model"]), table)
+
+
+class CGCNNModule(L.LightningModule):
+    def __init__(self, spec: dict, optim: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec, self.optim = spec, optim
+        self.model = build_model(spec)
+        self.task = spec["model"]["task"]
+        self.transform = TargetTransform.from_dict(spec["transform"]) if self.task == "regression" else None
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.model(batch)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        out = self.model(batch)
+        n = batch.num_graphs
+        if self.task == "classification":
+            labels = batch.y[:, 0].long()
+            loss = F.nll_loss(out, labels)
+            self.log(f"{stage}_accuracy", (out.argmax(1) == labels).float().mean(), batch_size=n, on_epoch=True, on_step=False)
+        else:
+            sizes = crystal_sizes(batch)
+            target = self.transform.encode(batch.y, sizes)
+            loss = F.l1_loss(out, target) if self.optim["loss"] == "l1" else F.mse_loss(out, target)
+            # MAE in the unit the model learns (per atom with --per-atom), the number a user compares
+            y_true = batch.y / sizes.unsqueeze(1) if self.transform.per_atom else batch.y
+            mae = (self.transform.decode_intensive(out.detach()) - y_true).abs().mean()
+            self.log(f"{stage}_mae", mae, batch_size=n, on_epoch=True, on_step=False)
+        self.log(f"{stage}_loss", loss, batch_size=n, on_epoch=True, on_step=False, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = self.model.parameters()
+        if o["optimizer"] == "adam":
+            optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        elif o["optimizer"] == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        elif o["optimizer"] == "sgd":
+            optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        else:
+            raise ValueError(f"unknown optimizer {o['optimizer']!r}; choose adam, adamw or sgd")
+        schedule = o["scheduler"]
+        if schedule == "none":
+            return optimizer
+        if schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o["epochs"], eta_min=o["lr"] * 0.01)
+        elif schedule == "step":
+            milestones = [int(o["epochs"] * f) for f in (0.5, 0.75)]
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+        elif schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        else:
+            raise ValueError(f"unknown scheduler {schedule!r}; choose none, cosine, step or plateau")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

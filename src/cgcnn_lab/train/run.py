@@ -1,0 +1,352 @@
+"""One training run, end to end: data -> graphs -> split -> Lightning fit -> test -> run folder.
+
+The run folder holds everything a user needs afterwards::
+
+    config.json            resolved options (rerun with the same numbers)
+    checkpoints/best.ckpt  best validation epoch (use it to predict); checkpoints/last.ckpt for --resume
+    metrics.csv            one row per epoch (train/val loss and MAE or accuracy, learning rate, time)
+    test_results.csv       id,target,prediction on the test split, in the target's own unit
+    metrics.json           test metrics with their unit
+    loss.png, mae.png (or accuracy.png), parity.png (or roc.png)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.graph import GraphConfig
+from cgcnn_lab.data.sources import DataError, RawDataset, load_dataset
+from cgcnn_lab.model.network import ModelConfig
+from cgcnn_lab.train import plots
+from cgcnn_lab.train.metrics import classification_metrics, regression_metrics
+from cgcnn_lab.train.module import SPEC_VERSION, CGCNNModule
+from cgcnn_lab.train.splits import Split, fold_split, id_split, ratio_split, read_id_list
+from cgcnn_lab.train.targets import TargetTransform
+
+
+@dataclass
+class DataOptions:
+    """How to read the data and turn it into graphs."""
+
+    source: str = ""
+    targets: list[str] = field(default_factory=list)  # table columns; a CGCNN folder uses id_prop.csv
+    id_col: str | None = None
+    structure_col: str | None = None
+    unit: str | None = None  # e.g. "eV"; shown next to every error
+    per_atom: bool = False  # learn target / n_atoms (extensive targets such as a cell's total energy)
+    threshold: float | None = None  # classification: label = target > threshold (e.g. band gap > 0: non-metal)
+    atom_init: str | None = None  # atom_init.json; default: the data folder's, else the built-in cgcnn92
+    strict: bool = False
+    radius: float = 8.0
+    max_neighbors: int = 12
+    gaussian_step: float = 0.2
+    gaussian_width: float | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    jobs: int = 0
+
+    @property
+    def graph(self) -> GraphConfig:
+        return GraphConfig(self.radius, self.max_neighbors, self.gaussian_step, self.gaussian_width)
+
+
+@dataclass
+class TrainOptions:
+    """Split and optimisation."""
+
+    train_ratio: float | None = None  # None: everything not in val/test
+    val_ratio: float = 0.1
+    test_ratio: float = 0.1
+    train_ids: str | None = None
+    val_ids: str | None = None
+    test_ids: str | None = None
+    fold_col: str | None = None
+    test_fold: int | None = None
+    epochs: int = 200
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    loss: str = "mse"  # or "l1"
+    patience: int = 0  # early stopping after this many epochs without validation improvement; 0: off
+    seed: int = 0
+    out: str = "runs/cgcnn"
+    resume: bool = False
+    accelerator: str = "cpu"
+    devices: str = "1"
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: dict
+    dataset: CrystalDataset
+    split: Split
+    seconds: float
+
+
+def choose_encoding(data: DataOptions, raw: RawDataset, model: ModelConfig) -> ElementEncoding | None:
+    """The element encoding: none for a learned embedding; else --atom-init, the folder's file, or cgcnn92."""
+    if model.atom_encoding == "learned":
+        return None
+    if data.atom_init:
+        return ElementEncoding.from_atom_init(data.atom_init)
+    if raw.atom_init is not None:
+        return ElementEncoding.from_atom_init(raw.atom_init)
+    return ElementEncoding.cgcnn92()
+
+
+def class_labels(targets: np.ndarray, threshold: float | None, where: str) -> np.ndarray:
+    """Integer class labels: thresholded targets, or targets that already are 0..K-1 integers."""
+    y = targets[:, 0]
+    if threshold is not None:
+        return (y > threshold).astype(np.int64)
+    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
+        raise DataError(f"{where}: classification targets must be class labels 0, 1, ... (or use --threshold X)")
+    return y.astype(np.int64)
+
+
+def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> Split:
+    if opts.fold_col:
+        if opts.test_fold is None:
+            raise DataError("--fold-col needs --test-fold K")
+        by_id = {e.id: e.extra[opts.fold_col] for e in raw.entries}
+        folds = np.array([int(by_id[str(i)]) for i in dataset.ids])
+        return fold_split(folds, opts.test_fold, opts.val_ratio, opts.seed)
+    if opts.train_ids or opts.val_ids or opts.test_ids:
+        if not (opts.train_ids and opts.val_ids):
+            raise DataError("explicit splits need at least --train-ids and --val-ids")
+        lists = [read_id_list(p) if p else [] for p in (opts.train_ids, opts.val_ids, opts.test_ids)]
+        return id_split(list(dataset.ids), *lists)
+    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.seed)
+
+
+class EpochMetricsCSV:
+    """Lightning callback that appends one row per epoch to metrics.csv (flushed: survives a killed run)."""
+
+    def __new__(cls, path: Path):
+        import lightning as L
+
+        class _Writer(L.Callback):
+            def __init__(self) -> None:
+                self.path = path
+                self.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
+                if trainer.sanity_checking:
+                    return
+                m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+                row = {"epoch": trainer.current_epoch + 1}
+                for k in ("train_loss", "val_loss", "train_mae", "val_mae", "train_accuracy", "val_accuracy"):
+                    if k in m:
+                        row[k] = m[k]
+                row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+                row["seconds"] = round(time.perf_counter() - self.start, 3)
+                frame = pd.DataFrame([row])
+                frame.to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
+
+        return _Writer()
+
+
+def _unit(data: DataOptions) -> tuple[str, str]:
+    """(unit of the target, unit of what the model learns)."""
+    unit = data.unit or "target units"
+    return unit, (f"{unit}/atom" if data.per_atom else unit)
+
+
+def train(data: DataOptions, model_cfg: ModelConfig, opts: TrainOptions, log=print) -> RunResult:
+    """Train one model; write the run folder; return the test metrics."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch_geometric.loader import DataLoader
+
+    start = time.perf_counter()
+    out = Path(opts.out)
+    ckpt_dir = out / "checkpoints"
+    if opts.resume and not (ckpt_dir / "last.ckpt").is_file():
+        raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if not opts.resume and (ckpt_dir / "last.ckpt").exists():
+        raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+
+    # ---- data: every check happens here, before any epoch is spent
+    extra = [opts.fold_col] if opts.fold_col else []
+    raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
+    if not raw.has_targets:
+        raise DataError(f"{data.source}: no targets to train on")
+    encoding = choose_encoding(data, raw, model_cfg)
+    dataset = build_dataset(
+        raw, data.graph, encoding, data.cache_dir, data.use_cache, data.strict, data.jobs, progress=opts.progress
+    )
+    log(dataset.summary())
+    if len(dataset.target_names) > 1 and model_cfg.task == "classification":
+        raise DataError("classification takes exactly one target column")
+    split = make_split(dataset, raw, opts)
+    log(f"split: {split.sizes()} (seed {opts.seed})")
+
+    targets = dataset.targets
+    n_atoms = dataset.n_atoms.astype(np.float64)
+    if model_cfg.task == "classification":
+        labels = class_labels(targets, data.threshold, str(data.source))
+        n_classes = max(int(labels.max()) + 1, model_cfg.n_outputs, 2)
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": n_classes})
+        for d, label in zip(dataset, labels):
+            d.y = torch.tensor([[float(label)]])
+        transform = None
+    else:
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": targets.shape[1]})
+        transform = TargetTransform.fit(targets[split.train], n_atoms[split.train], data.per_atom)
+    model_cfg = ModelConfig.from_dict(
+        {**model_cfg.to_dict(), "radius": data.radius, "gaussian_step": data.gaussian_step,
+         "gaussian_width": data.gaussian_width}
+    )
+    unit, learned_unit = _unit(data)
+    spec = {
+        "version": SPEC_VERSION,
+        "model": model_cfg.to_dict(),
+        "graph": data.graph.to_dict(),
+        "encoding": None if encoding is None else encoding.to_dict(),
+        "transform": None if transform is None else transform.to_dict(),
+        "target_names": dataset.target_names,
+        "unit": unit,
+        "threshold": data.threshold,
+    }
+    optim = {k: getattr(opts, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "epochs", "loss")}
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"data": asdict(data), "model": model_cfg.to_dict(), "train": asdict(opts), "split": split.sizes()}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+    # ---- fit
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    module = CGCNNModule(spec, optim)
+    log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
+        f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
+    generator = torch.Generator().manual_seed(opts.seed)
+    subset = lambda idx: [dataset[int(i)] for i in idx]  # noqa: E731
+    train_loader = DataLoader(subset(split.train), batch_size=opts.batch_size, shuffle=True, generator=generator,
+                              drop_last=len(split.train) > opts.batch_size and len(split.train) % opts.batch_size == 1)
+    val_loader = DataLoader(subset(split.val), batch_size=max(opts.batch_size, 256))
+    monitor = "val_mae" if transform is not None else "val_loss"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True,
+                        enable_version_counter=False),
+        EpochMetricsCSV(out / "metrics.csv"),
+    ]
+    if opts.patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=opts.patience))
+    if not opts.resume and (out / "metrics.csv").exists():
+        (out / "metrics.csv").unlink()
+    trainer = L.Trainer(
+        max_epochs=opts.epochs, accelerator=opts.accelerator, devices=_devices(opts.devices), callbacks=callbacks,
+        logger=False, deterministic=True, enable_model_summary=False, enable_progress_bar=opts.progress,
+        num_sanity_val_steps=0, default_root_dir=str(out),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance).*")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_dir / "last.ckpt") if opts.resume else None)
+    train_seconds = time.perf_counter() - start
+
+    # ---- test with the best checkpoint, in the target's own unit
+    from cgcnn_lab.predict import load_trained, predict_outputs
+
+    best = load_trained(ckpt_dir / "best.ckpt")
+    eval_idx = split.test if len(split.test) else split.val
+    eval_name = "test" if len(split.test) else "val"
+    eval_set = subset(eval_idx)
+    pred = predict_outputs(best.model, eval_set, best.transform)
+    ids = dataset.ids[eval_idx]
+    metrics: dict = {"split": eval_name, "n_test": int(len(eval_idx)), "unit": unit, "seconds": round(train_seconds, 2),
+                     "epochs_run": int(trainer.current_epoch), "best_epoch": _best_epoch(out / "metrics.csv", monitor)}
+    if transform is None:
+        y = np.array([int(d.y.item()) for d in eval_set])
+        metrics.update({f"test_{k}": v for k, v in classification_metrics(y, pred).items()})
+        frame = pd.DataFrame({"id": ids, "target": y, "prediction": pred[:, 1] if pred.shape[1] == 2 else pred.argmax(1)})
+        for k in range(pred.shape[1]):
+            frame[f"p{k}"] = pred[:, k]
+    else:
+        y = targets[eval_idx]
+        m = regression_metrics(y, pred)
+        metrics.update({f"test_{k}": v for k, v in m.items()})
+        if data.per_atom:
+            na = n_atoms[eval_idx][:, None]
+            m_pa = regression_metrics(y / na, pred / na)
+            metrics.update({f"test_{k}_per_atom": v for k, v in m_pa.items()})
+            metrics["unit_per_atom"] = learned_unit
+        frame = _result_frame(ids, y, pred, dataset.target_names)
+    frame.to_csv(out / "test_results.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _plots(out, monitor, transform, y, pred, data, eval_name, dataset.n_atoms[eval_idx])
+    log(summary(out, metrics, transform is None))
+    return RunResult(out, metrics, dataset, split, time.perf_counter() - start)
+
+
+def _devices(devices: str):
+    return int(devices) if str(devices).isdigit() else devices
+
+
+def _best_epoch(path: Path, monitor: str) -> int | None:
+    if not path.exists():
+        return None
+    m = pd.read_csv(path)
+    return int(m.loc[m[monitor].idxmin(), "epoch"]) if monitor in m and m[monitor].notna().any() else None
+
+
+def _result_frame(ids, y: np.ndarray, pred: np.ndarray, names: list[str]) -> pd.DataFrame:
+    if y.shape[1] == 1:
+        return pd.DataFrame({"id": ids, "target": y[:, 0], "prediction": pred[:, 0]})
+    cols = {"id": ids}
+    for k, n in enumerate(names):
+        cols[f"target:{n}"] = y[:, k]
+        cols[f"prediction:{n}"] = pred[:, k]
+    return pd.DataFrame(cols)
+
+
+def _plots(out: Path, monitor, transform, y, pred, data: DataOptions, eval_name: str, n_atoms: np.ndarray) -> None:
+    metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
+    unit, learned_unit = _unit(data)
+    if len(metrics):
+        plots.learning_curve(metrics, "loss", "loss (normalised targets)" if transform else "NLL loss", out / "loss.png", log=True)
+        if transform is not None:
+            plots.learning_curve(metrics, "mae", f"MAE ({learned_unit})", out / "mae.png")
+        else:
+            plots.learning_curve(metrics, "accuracy", "accuracy", out / "accuracy.png")
+    if transform is None:
+        if pred.shape[1] == 2:
+            plots.roc_curve(y, pred[:, 1], out / "roc.png", f"{eval_name} split ROC")
+    elif data.per_atom:
+        na = n_atoms[:, None].astype(float)
+        plots.parity(y / na, pred / na, learned_unit, f"{eval_name} split (per atom)", out / "parity.png")
+    else:
+        plots.parity(y, pred, unit, f"{eval_name} split", out / "parity.png")
+
+
+def summary(out: Path, metrics: dict, classification: bool) -> str:
+    """The one-screen summary printed at the end of a run."""
+    lines = ["", f"run folder: {out}"]
+    if classification:
+        lines.append(f"{metrics['split']} accuracy {metrics['test_accuracy']:.4f}   ROC-AUC {metrics['test_auc']:.4f}   "
+                     f"F1 {metrics['test_f1']:.4f}   ({metrics['n_test']} crystals)")
+    else:
+        u = metrics["unit"]
+        lines.append(f"{metrics['split']} MAE {metrics['test_mae']:.4g} {u}   RMSE {metrics['test_rmse']:.4g} {u}   "
+                     f"R² {metrics['test_r2']:.4f}   ({metrics['n_test']} crystals)")
+        if "test_mae_per_atom" in metrics:
+            lines.append(f"{metrics['split']} MAE per atom {metrics['test_mae_per_atom']:.4g} {metrics['unit_per_atom']}")
+    lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
+    lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
+    return "\n".join(lines)
+

@@ -1,0 +1,81 @@
+"""Train/validation/test splits: by ratio with a seed, by explicit id lists, or by a fold column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cgcnn_lab.data.sources import DataError
+
+
+@dataclass
+class Split:
+    train: np.ndarray  # indices into the dataset
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> str:
+        return f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}"
+
+
+def _counts(n: int, val_ratio: float, test_ratio: float, train_ratio: float | None) -> tuple[int, int, int]:
+    n_val, n_test = int(round(val_ratio * n)), int(round(test_ratio * n))
+    n_train = n - n_val - n_test if train_ratio is None else min(int(round(train_ratio * n)), n - n_val - n_test)
+    return n_train, n_val, n_test
+
+
+def ratio_split(
+    n: int, train_ratio: float | None = None, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0
+) -> Split:
+    """Shuffle with ``seed`` and cut; ``train_ratio=None`` gives the training split everything left over."""
+    for name, r in (("val", val_ratio), ("test", test_ratio), ("train", train_ratio or 0.0)):
+        if not 0 <= r <= 1:
+            raise ValueError(f"{name} ratio must be in [0, 1], got {r}")
+    if val_ratio + test_ratio + (train_ratio or 0) > 1 + 1e-9:
+        raise ValueError("train + val + test ratios exceed 1")
+    n_train, n_val, n_test = _counts(n, val_ratio, test_ratio, train_ratio)
+    if n_train < 1 or n_val < 1:
+        raise DataError(f"{n} crystals are too few for a split with a non-empty training and validation set")
+    order = np.random.default_rng(seed).permutation(n)
+    return Split(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val : n_train + n_val + n_test])
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """One id per line (a CSV's first column also works); blank lines and '#' comments ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read id list ({err.strerror})") from None
+    return [ln.split(",")[0].strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def id_split(ids: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str], names=("train", "val", "test")) -> Split:
+    """Explicit ids. Ids that are not in the dataset (e.g. skipped as bad entries) are an error naming them."""
+    position = {str(i): k for k, i in enumerate(ids)}
+    parts = []
+    for name, wanted in zip(names, (train, val, test)):
+        missing = [i for i in wanted if i not in position]
+        if missing:
+            raise DataError(f"{name} ids not in the dataset (or skipped as bad entries): {missing[:5]}"
+                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        parts.append(np.array([position[i] for i in wanted], dtype=np.int64))
+    overlap = (set(train) & set(val)) | (set(train) & set(test)) | (set(val) & set(test))
+    if overlap:
+        raise DataError(f"ids in more than one split: {sorted(overlap)[:5]}")
+    return Split(*parts)
+
+
+def fold_split(folds: np.ndarray, test_fold: int, val_ratio: float = 0.1, seed: int = 0) -> Split:
+    """Test on one fold (e.g. Matbench's official fold); validation carved from the others with ``seed``."""
+    folds = np.asarray(folds)
+    if test_fold not in set(folds.tolist()):
+        raise DataError(f"test fold {test_fold} not present; folds are {sorted(set(folds.tolist()))}")
+    test = np.flatnonzero(folds == test_fold)
+    rest = np.flatnonzero(folds != test_fold)
+    rest = rest[np.random.default_rng(seed).permutation(len(rest))]
+    n_val = int(round(val_ratio * len(folds)))
+    return Split(rest[n_val:], rest[:n_val], test)
