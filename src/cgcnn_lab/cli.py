@@ -47,6 +47,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-atom", action="store_true",
                    help="learn target / number of atoms (for extensive targets such as a cell's total energy)")
     g.add_argument("--unit", help="unit of the target, shown with every error (e.g. eV)")
+    g.add_argument("--element-ref", choices=["auto", "on", "off"], default="auto",
+                   help="subtract per-element reference values fitted on the training split (a linear composition "
+                        "baseline, as CHGNet/M3GNet do); auto: on with --per-atom")
     g.add_argument("--threshold", type=float,
                    help="classification from a continuous target: class 1 if target > THRESHOLD")
 
@@ -98,11 +101,16 @@ def _data_options(args):
     return DataOptions(
         source=args.data, targets=args.target, id_col=args.id_col, structure_col=args.structure_col,
         unit=getattr(args, "unit", None), per_atom=getattr(args, "per_atom", False),
-        threshold=getattr(args, "threshold", None), atom_init=args.atom_init, strict=args.strict,
+        threshold=getattr(args, "threshold", None), element_ref=_element_ref(args), atom_init=args.atom_init, strict=args.strict,
         radius=getattr(args, "radius", 8.0), max_neighbors=getattr(args, "max_neighbors", 12),
         gaussian_step=getattr(args, "gaussian_step", 0.2), gaussian_width=getattr(args, "gaussian_width", None),
         cache_dir=args.cache_dir, use_cache=not args.no_cache, jobs=args.jobs,
     )
+
+
+def _element_ref(args) -> bool:
+    choice = getattr(args, "element_ref", "off")
+    return choice == "on" or (choice == "auto" and getattr(args, "per_atom", False))
 
 
 def _model_config(args):

@@ -14,7 +14,7 @@ from cgcnn_lab.data.dataset import CrystalDataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig
 from cgcnn_lab.model.network import CGCNN
-from cgcnn_lab.train.module import build_model, crystal_sizes
+from cgcnn_lab.train.module import build_model
 from cgcnn_lab.train.targets import TargetTransform
 
 
@@ -102,6 +102,20 @@ def predict_outputs(
         if transform is None:
             outputs.append(out.exp())
         else:
-            outputs.append(transform.decode(out, crystal_sizes(batch)))
+            outputs.append(transform.decode(out, batch))
     model.train(was_training)
     return torch.cat(outputs).double().numpy() if outputs else np.zeros((0, 1))
+
+
+def predict_structures(model: str | Path, structures, ids=None) -> np.ndarray:
+    """Predict for pymatgen Structures from Python: [S, T] in the data's unit (or [S, K] probabilities).
+
+    Structures that cannot be featurised raise DataError (strict), so rows always match the input.
+    """
+    from cgcnn_lab.data.dataset import build_dataset
+    from cgcnn_lab.data.sources import from_structures
+
+    trained = load_trained(model)
+    raw = from_structures(structures, ids=ids, strict=True)
+    dataset = build_dataset(raw, trained.graph_config, trained.encoding, use_cache=False, strict=True)
+    return predict_outputs(trained.model, dataset, trained.transform)

@@ -13,10 +13,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -24,7 +24,7 @@ from pymatgen.core import Structure
 from cgcnn_lab.data.graph import CrystalGraph, GraphConfig, GraphError, structure_to_graph
 from cgcnn_lab.data.sources import DataError, Entry, Problem
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: problem messages are written "kind: detail"
 PARALLEL_THRESHOLD = 1500  # below this, process start-up costs more than it saves
 
 
@@ -70,7 +70,7 @@ class GraphSet:
         offsets = np.repeat(self.atom_ptr[:-1], self.n_edges)
         return np.bincount(self.edge_index[1] + offsets, minlength=len(self.z))
 
-    def select(self, keep: np.ndarray) -> "GraphSet":
+    def select(self, keep: np.ndarray) -> GraphSet:
         """A subset by boolean mask or index array (used to drop entries, e.g. unknown elements)."""
         idx = np.flatnonzero(keep) if keep.dtype == bool else np.asarray(keep)
         graphs = [self.graph(int(i)) for i in idx]
@@ -120,11 +120,19 @@ def _featurize_chunk(args: tuple[list[Entry], GraphConfig]) -> list[CrystalGraph
             structure = parse_structure(entry)
             out.append(structure_to_graph(structure, config, entry.id))
         except (DataError, GraphError) as err:
-            message = str(err)
-            if message.startswith(entry.where + ": "):
-                message = message[len(entry.where) + 2 :]
-            out.append(Problem(entry.where, entry.id, message))
+            out.append(Problem(entry.where, entry.id, _problem_message(err, entry)))
     return out
+
+
+def _problem_message(err: Exception, entry: Entry) -> str:
+    """``kind: detail`` without the entry's location (the Problem carries it)."""
+    message = str(err)
+    for prefix in (entry.where + ": ", f"structure {entry.id!r}: "):
+        message = message.removeprefix(prefix)
+    if isinstance(err, GraphError):
+        kind = "isolated atom" if "no neighbour" in message else "cannot build graph"
+        message = f"{kind}: {message}"
+    return message
 
 
 def featurize_entries(
@@ -182,24 +190,39 @@ def _save(path: Path, gs: GraphSet) -> None:
             os.unlink(tmp)
 
 
-def _load(path: Path) -> GraphSet | None:
+def _load(path: Path, entries: Sequence[Entry]) -> GraphSet | None:
     """Load a cache file, or None if it is missing or damaged (it is then rebuilt, never trusted)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             gs = GraphSet(
-                ids=f["ids"], z=f["z"].astype(np.int64), atom_ptr=f["atom_ptr"],
-                edge_index=f["edge_index"].astype(np.int64), distance=f["distance"], edge_ptr=f["edge_ptr"],
+                ids=f["ids"], z=f["z"].astype(np.int64), atom_ptr=f["atom_ptr"].astype(np.int64),
+                edge_index=f["edge_index"].astype(np.int64), distance=f["distance"].astype(np.float32),
+                edge_ptr=f["edge_ptr"].astype(np.int64),
                 problems=[Problem(*p) for p in json.loads(str(f["problems"]))],
             )
-    except FileNotFoundError:
+        return gs if _consistent(gs, entries) else None
+    except Exception:  # noqa: BLE001  missing, truncated, garbage, pickled objects (refused), wrong shapes: rebuild
         return None
-    except Exception:
-        return None
-    consistent = (
-        gs.atom_ptr[-1] == len(gs.z) and gs.edge_ptr[-1] == gs.distance.shape[0] == gs.edge_index.shape[1]
-        and len(gs.atom_ptr) == len(gs.ids) + 1 and len(gs.edge_ptr) == len(gs.ids) + 1
-    )
-    return gs if consistent else None
+
+
+def _consistent(gs: GraphSet, entries: Sequence[Entry]) -> bool:
+    """Pointers, shapes and indices agree, and every entry is accounted for exactly once (graph or problem)."""
+    n = len(gs.ids)
+    if gs.ids.ndim != 1 or gs.z.ndim != 1 or gs.edge_index.ndim != 2 or gs.edge_index.shape[0] != 2:
+        return False
+    if gs.atom_ptr.shape != (n + 1,) or gs.edge_ptr.shape != (n + 1,) or gs.atom_ptr[0] != 0 or gs.edge_ptr[0] != 0:
+        return False
+    if (np.diff(gs.atom_ptr) < 0).any() or (np.diff(gs.edge_ptr) < 0).any():
+        return False
+    if gs.atom_ptr[-1] != len(gs.z) or not gs.edge_ptr[-1] == gs.distance.shape[0] == gs.edge_index.shape[1]:
+        return False
+    local_limit = np.repeat(gs.n_atoms, gs.n_edges)
+    if (gs.edge_index < 0).any() or (gs.edge_index >= local_limit).any() or not np.isfinite(gs.distance).all():
+        return False
+    if (gs.z < 1).any():
+        return False
+    accounted = [str(i) for i in gs.ids] + [p.id for p in gs.problems]
+    return sorted(accounted) == sorted(e.id for e in entries)
 
 
 def featurize(
@@ -214,8 +237,10 @@ def featurize(
     start = time.perf_counter()
     path = Path(cache_dir or default_cache_dir()) / "graphs" / f"{cache_key(entries, config)}.npz"
     if use_cache:
-        cached = _load(path)
+        cached = _load(path, entries)
         if cached is not None:
+            where = {e.id: e.where for e in entries}  # the files may have moved since the cache was written
+            cached.problems = [Problem(where.get(p.id, p.where), p.id, p.message) for p in cached.problems]
             cached.from_cache, cached.seconds = True, time.perf_counter() - start
             return cached
     ids, graphs, problems = featurize_entries(entries, config, jobs=jobs, progress=progress)

@@ -37,6 +37,8 @@ class GraphConfig:
             raise ValueError(f"max_neighbors must be >= 1, got {self.max_neighbors}")
         if not 0 < self.gaussian_step < self.radius:
             raise ValueError(f"gaussian_step must be in (0, radius), got {self.gaussian_step}")
+        if self.gaussian_width is not None and not self.gaussian_width > 0:
+            raise ValueError(f"gaussian_width must be > 0 Å (or None), got {self.gaussian_width}")
 
     @property
     def width(self) -> float:
@@ -120,12 +122,16 @@ class GaussianExpansion(torch.nn.Module):
 
     def __init__(self, radius: float = 8.0, step: float = 0.2, width: float | None = None) -> None:
         super().__init__()
+        self.width = float(step if width is None else width)
+        if not (0 < step < radius and self.width > 0):
+            raise ValueError(
+                f"need 0 < step < radius and width > 0, got {radius=}, {step=}, width={self.width}"
+            )
         centers = torch.from_numpy(np.arange(0.0, radius + step, step)).float()
         self.register_buffer("centers", centers, persistent=False)
-        self.width = float(step if width is None else width)
 
     @classmethod
-    def from_config(cls, config: GraphConfig) -> "GaussianExpansion":
+    def from_config(cls, config: GraphConfig) -> GaussianExpansion:
         return cls(config.radius, config.gaussian_step, config.gaussian_width)
 
     @property
@@ -134,4 +140,3 @@ class GaussianExpansion(torch.nn.Module):
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
         return torch.exp(-((distance.unsqueeze(-1) - self.centers) ** 2) / self.width**2)
-

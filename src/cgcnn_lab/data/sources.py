@@ -16,9 +16,9 @@ import json
 import math
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -82,11 +82,16 @@ class ProblemLog:
         self.problems.append(problem)
 
 
+def problem_kind(message: str) -> str:
+    """The kind of a problem: its message up to the first ':' or '(' (messages are written "kind: detail")."""
+    return message.split(":")[0].split("(")[0].strip()
+
+
 def summarize_problems(problems: Sequence[Problem], limit: int = 8) -> str:
     """One short block: counts by kind and the first few messages, never one line per structure."""
     if not problems:
         return ""
-    kinds = Counter(p.message.split(":")[0].split("(")[0].strip() for p in problems)
+    kinds = Counter(problem_kind(p.message) for p in problems)
     head = f"skipped {len(problems)} entr{'y' if len(problems) == 1 else 'ies'}: " + ", ".join(
         f"{n} × {k}" for k, n in kinds.most_common()
     )
@@ -97,15 +102,15 @@ def summarize_problems(problems: Sequence[Problem], limit: int = 8) -> str:
 
 
 def parse_target(text: object, where: str, column: str) -> float:
-    """A finite float, or a DataError explaining what the cell held."""
+    """A finite float, or a DataError explaining what the cell held (``None`` means an empty/null cell)."""
     if text is None or (isinstance(text, str) and not text.strip()):
-        raise DataError(f"{where}: missing target '{column}'")
+        raise DataError(f"{where}: missing target '{column}' (empty cell)")
     try:
         value = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise DataError(f"{where}: target '{column}' = {str(text)[:40]!r} is not a number") from None
+        raise DataError(f"{where}: target '{column}' is not a number: {str(text)[:40]!r}") from None
     if not math.isfinite(value):
-        raise DataError(f"{where}: target '{column}' is {value} (NaN/inf)")
+        raise DataError(f"{where}: target '{column}' is not finite: {str(text).strip()[:40]!r}")
     return value
 
 
@@ -114,7 +119,7 @@ def _check_duplicates(entries: list[Entry], log: ProblemLog) -> list[Entry]:
     kept = []
     for e in entries:
         if e.id in seen:
-            log.add(e.where, e.id, f"duplicate id {e.id!r} (first seen at {seen[e.id]})")
+            log.add(e.where, e.id, f"duplicate id: {e.id!r} (first seen at {seen[e.id]})")
             continue
         seen[e.id] = e.where
         kept.append(e)
@@ -124,13 +129,21 @@ def _check_duplicates(entries: list[Entry], log: ProblemLog) -> list[Entry]:
 # ---------------------------------------------------------------- CGCNN folder: id_prop.csv + ID.cif
 
 
-def _read_id_prop(path: Path) -> list[list[str]]:
+def _read_id_prop(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank rows as (line number in the file, cells), trailing empty cells (``id,1.0,``) dropped."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text))]
-    return [r for r in rows if any(r)]
+    reader = csv.reader(io.StringIO(text))
+    rows = []
+    for cells in reader:
+        cells = [c.strip() for c in cells]
+        while cells and not cells[-1]:
+            cells.pop()
+        if cells:
+            rows.append((reader.line_num, cells))
+    return rows
 
 
 def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets: bool = True) -> RawDataset:
@@ -147,20 +160,27 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
     if not rows:
         raise DataError(f"{id_prop}: empty file, no crystals listed")
     log = ProblemLog(strict)
-    n_targets = max(len(r) for r in rows) - 1
-    header = rows[0]
-    if n_targets and len(rows) > 1 and not _is_number(header[1]) and _is_number(rows[1][1] if len(rows[1]) > 1 else ""):
+    n_targets = max(len(r) for _, r in rows) - 1
+    header, second = rows[0][1], (rows[1][1] if len(rows) > 1 else [])
+    if n_targets and len(header) > 1 and not _is_number(header[1]) and len(second) > 1 and _is_number(second[1]):
         rows = rows[1:]  # tolerate a header line, which the original format does not have
         target_names = header[1:]
+        n_targets = len(target_names)
     else:
         target_names = [f"target{k}" if n_targets > 1 else "target" for k in range(n_targets)]
-    if not require_targets and n_targets == 0:
-        target_names = []
 
     entries: list[Entry] = []
-    for line_no, row in enumerate(rows, start=1):
-        where = f"{id_prop} row {line_no}"
+    seen: dict[str, str] = {}
+    for line_no, row in rows:
         entry_id = row[0]
+        where = f"{id_prop} line {line_no} (id {entry_id})"
+        if not entry_id:
+            log.add(where, entry_id, "missing id: the first column is empty")
+            continue
+        if entry_id in seen:
+            log.add(where, entry_id, f"duplicate id: {entry_id!r} (first seen at line {seen[entry_id]})")
+            continue
+        seen[entry_id] = str(line_no)
         cif = folder / f"{entry_id}.cif"
         if not cif.is_file():
             log.add(where, entry_id, f"missing structure: no file {cif.name} for id {entry_id!r}")
@@ -176,13 +196,12 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
                     continue
         try:
             content = cif.read_bytes().decode("utf-8", errors="strict")
-        except UnicodeDecodeError:
-            log.add(str(cif), entry_id, "unreadable CIF: not UTF-8 text (binary or wrong encoding)")
+        except UnicodeDecodeError as err:
+            log.add(str(cif), entry_id, f"unreadable CIF: not UTF-8 text (binary or wrong encoding; byte {err.start})")
             continue
         entries.append(Entry(entry_id, str(cif), content, targets))
 
-    entries = _check_duplicates(entries, log)
-    listed = {e.id for e in entries} | {p.id for p in log.problems}
+    listed = {row[0] for _, row in rows}
     unlisted = [p.stem for p in folder.glob("*.cif") if p.stem not in listed]
     notes = [f"{len(unlisted)} CIF file(s) in {folder} are not listed in id_prop.csv and were ignored"] if unlisted else []
     atom_init = folder / "atom_init.json"
@@ -212,16 +231,17 @@ def _read_frame(path: Path):
 
     name = path.name.lower()
     try:
-        if name.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(path, dtype={0: str}, keep_default_na=False, na_values=[""])
+        if name.endswith((".csv", ".csv.gz")):  # all text: ids keep leading zeros, "" means an empty cell
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
         if name.endswith((".json", ".json.gz")):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return pd.read_json(path, orient=None, dtype=False)
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
-    except Exception as err:  # pandas raises many types; the user needs file + reason
-        raise DataError(f"{path}: cannot read table ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001  pandas raises many types; the user needs file + reason
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise DataError(f"{path}: cannot read table ({type(err).__name__}: {reason})") from None
     raise DataError(f"{path}: unknown table format (expected one of {', '.join(TABLE_SUFFIXES)})")
 
 
@@ -258,15 +278,26 @@ def read_table(
     log = ProblemLog(strict)
     ids = frame[id_col].astype(str).tolist() if id_col else [str(i) for i in frame.index]
     structures = frame[structure_col].tolist()
-    target_values = frame[list(targets)].to_numpy(dtype=object) if targets else None
+    target_values = frame[list(targets)].to_numpy(dtype=object, copy=True) if targets else None
+    if target_values is not None:
+        target_values[frame[list(targets)].isna().to_numpy()] = None  # null / NaN cell of a JSON or Parquet table
     extras = frame[list(extra_cols)].to_dict("records") if extra_cols else None
     entries: list[Entry] = []
     for row, (entry_id, content) in enumerate(zip(ids, structures)):
         where = f"{path.name} row {row + 1} (id {entry_id})"
+        if not entry_id.strip() or (id_col and frame[id_col].isna().iat[row]):
+            log.add(where, entry_id, f"missing id: column '{id_col}' is empty")
+            continue
         if isinstance(content, dict):
-            content = json.dumps(content)
-        if not isinstance(content, str) or not content.strip():
+            content = json.dumps(content, default=_plain)
+        if content is None or (isinstance(content, float) and math.isnan(content)) or (
+            isinstance(content, str) and not content.strip()
+        ):
             log.add(where, entry_id, f"missing structure: column '{structure_col}' is empty")
+            continue
+        if not isinstance(content, (str, Structure)):
+            log.add(where, entry_id, f"unreadable structure: column '{structure_col}' holds a {type(content).__name__}, "
+                    "expected CIF text or a pymatgen Structure as JSON")
             continue
         values = None
         if target_values is not None:
@@ -278,6 +309,15 @@ def read_table(
         entries.append(Entry(entry_id, where, content, values, extras[row] if extras else None))
     entries = _check_duplicates(entries, log)
     return RawDataset(name=path.name.split(".")[0], entries=entries, target_names=list(targets), problems=log.problems)
+
+
+def _plain(value: object) -> object:
+    """JSON for the numpy arrays/scalars a Parquet reader puts inside structure dicts."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ---------------------------------------------------------------- Python objects
@@ -307,7 +347,7 @@ def from_structures(
         where = f"structure #{i} (id {entry_id})"
         row = None if values is None else values[i]
         if row is not None and not np.isfinite(row).all():
-            log.add(where, entry_id, "target is NaN/inf")
+            log.add(where, entry_id, f"target is not finite: {row.tolist()}")
             continue
         entries.append(Entry(entry_id, where, s, row))
     entries = _check_duplicates(entries, log)
@@ -352,6 +392,8 @@ def parse_structure(entry: Entry) -> Structure:
         structure = entry.content
     else:
         text = entry.content.lstrip()
+        kind = "unreadable structure JSON" if text.startswith("{") else "unreadable CIF"
+        caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -359,21 +401,28 @@ def parse_structure(entry: Entry) -> Structure:
                     structure = Structure.from_dict(json.loads(text))
                 else:
                     structure = Structure.from_str(text, fmt="cif")
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            hints = "; ".join(str(w.message).splitlines()[0] for w in caught[:2])
-            raise DataError(
-                f"{entry.where}: unreadable structure ({reason[:200]}{'; ' + hints[:200] if hints else ''})"
-            ) from None
+        except Exception as err:  # noqa: BLE001  pymatgen raises anything on a broken file
+            raise DataError(f"{entry.where}: {kind}: {_parse_failure(err, caught)}") from None
     check_structure(structure, entry.where)
     return structure
 
 
+def _parse_failure(err: Exception, caught: Sequence[warnings.WarningMessage]) -> str:
+    """pymatgen's reason (often cryptic for truncated files) plus its first warnings, one line, bounded."""
+    if isinstance(err, KeyError):
+        reason = f"missing key {err}"
+    else:
+        text = str(err).strip()
+        reason = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    hints = "; ".join(str(w.message).strip().splitlines()[0] for w in caught[:2] if str(w.message).strip())
+    return f"{reason[:200]}{' (' + hints[:200] + ')' if hints else ''}; is the file truncated or not a structure?"
+
+
 def check_structure(structure: Structure, where: str) -> None:
     if len(structure) == 0:
-        raise DataError(f"{where}: structure has no atoms")
+        raise DataError(f"{where}: empty structure: no atoms")
     if len(structure) > MAX_ATOMS:
-        raise DataError(f"{where}: {len(structure)} atoms exceeds the limit of {MAX_ATOMS}")
+        raise DataError(f"{where}: too many atoms: {len(structure)} (the limit is {MAX_ATOMS})")
     if not structure.is_ordered:
         raise DataError(f"{where}: disordered structure (partial occupancy); CGCNN needs one element per site")
     volume = structure.lattice.volume

@@ -6,7 +6,7 @@ Every layer maps atom features ``x`` [N, A] to new atom features [N, A], given d
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -64,9 +64,11 @@ class GatedConv(nn.Module):
         a = self.atom_dim
         neighbor, center = edge_index
         w = self.fc_full.weight  # [2A, 2A + B]
-        per_atom = x @ torch.cat([w[:, :a], w[:, a : 2 * a]], dim=0).T  # [N, 4A]: centre part | neighbour part
+        from_center = x @ w[:, :a].T  # [N, 2A]
+        from_neighbor = x @ w[:, a : 2 * a].T  # [N, 2A]
         per_edge = torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T)  # [E, 2A]
-        gated = per_edge + per_atom[center, : 2 * a] + per_atom[neighbor, 2 * a :]
+        # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
+        gated = per_edge + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
         gated = self.bn1(gated)
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
         messages = torch.sigmoid(nbr_filter) * self.core_act(nbr_core)
@@ -92,7 +94,7 @@ class SharedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         neighbor, center = edge_index
-        summed = sum_over_neighbors(torch.cat([x[neighbor], edge_attr], dim=1), center, x.shape[0])
+        summed = sum_over_neighbors(torch.cat([x.index_select(0, neighbor), edge_attr], dim=1), center, x.shape[0])
         return self.act(self.bn(self.lin_neighbors(summed) + self.lin_self(x)))
 
 

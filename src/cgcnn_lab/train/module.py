@@ -18,10 +18,6 @@ from cgcnn_lab.train.targets import TargetTransform
 SPEC_VERSION = 1
 
 
-def crystal_sizes(batch) -> torch.Tensor:
-    return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32)
-
-
 def build_model(spec: dict) -> CGCNN:
     encoding = spec.get("encoding")
     table = None if encoding is None else ElementEncoding.from_dict(encoding).table
@@ -48,12 +44,11 @@ class CGCNNModule(L.LightningModule):
             loss = F.nll_loss(out, labels)
             self.log(f"{stage}_accuracy", (out.argmax(1) == labels).float().mean(), batch_size=n, on_epoch=True, on_step=False)
         else:
-            sizes = crystal_sizes(batch)
-            target = self.transform.encode(batch.y, sizes)
+            target = self.transform.encode(batch.y, batch)
             loss = F.l1_loss(out, target) if self.optim["loss"] == "l1" else F.mse_loss(out, target)
             # MAE in the unit the model learns (per atom with --per-atom), the number a user compares
-            y_true = batch.y / sizes.unsqueeze(1) if self.transform.per_atom else batch.y
-            mae = (self.transform.decode_intensive(out.detach()) - y_true).abs().mean()
+            y_true = self.transform.intensive(batch.y, batch)
+            mae = (self.transform.decode_intensive(out.detach(), batch) - y_true).abs().mean()
             self.log(f"{stage}_mae", mae, batch_size=n, on_epoch=True, on_step=False)
         self.log(f"{stage}_loss", loss, batch_size=n, on_epoch=True, on_step=False, prog_bar=stage == "val")
         return loss

@@ -46,6 +46,7 @@ class DataOptions:
     unit: str | None = None  # e.g. "eV"; shown next to every error
     per_atom: bool = False  # learn target / n_atoms (extensive targets such as a cell's total energy)
     threshold: float | None = None  # classification: label = target > threshold (e.g. band gap > 0: non-metal)
+    element_ref: bool = False  # subtract a per-element reference fitted on the training split (composition baseline)
     atom_init: str | None = None  # atom_init.json; default: the data folder's, else the built-in cgcnn92
     strict: bool = False
     radius: float = 8.0
@@ -168,8 +169,13 @@ def _unit(data: DataOptions) -> tuple[str, str]:
     return unit, (f"{unit}/atom" if data.per_atom else unit)
 
 
-def train(data: DataOptions, model_cfg: ModelConfig, opts: TrainOptions, log=print) -> RunResult:
-    """Train one model; write the run folder; return the test metrics."""
+def train(
+    data: DataOptions, model_cfg: ModelConfig, opts: TrainOptions, raw: RawDataset | None = None, log=print
+) -> RunResult:
+    """Train one model; write the run folder; return the test metrics.
+
+    ``raw`` replaces ``data.source`` when given (e.g. ``from_structures(...)`` from Python).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch_geometric.loader import DataLoader
@@ -184,9 +190,10 @@ def train(data: DataOptions, model_cfg: ModelConfig, opts: TrainOptions, log=pri
 
     # ---- data: every check happens here, before any epoch is spent
     extra = [opts.fold_col] if opts.fold_col else []
-    raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
+    if raw is None:
+        raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
     if not raw.has_targets:
-        raise DataError(f"{data.source}: no targets to train on")
+        raise DataError(f"{data.source or raw.name}: no targets to train on")
     encoding = choose_encoding(data, raw, model_cfg)
     dataset = build_dataset(
         raw, data.graph, encoding, data.cache_dir, data.use_cache, data.strict, data.jobs, progress=opts.progress
@@ -208,7 +215,10 @@ def train(data: DataOptions, model_cfg: ModelConfig, opts: TrainOptions, log=pri
         transform = None
     else:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": targets.shape[1]})
-        transform = TargetTransform.fit(targets[split.train], n_atoms[split.train], data.per_atom)
+        train_graphs = dataset.graphs.select(split.train)
+        transform = TargetTransform.fit(
+            targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.element_ref
+        )
     model_cfg = ModelConfig.from_dict(
         {**model_cfg.to_dict(), "radius": data.radius, "gaussian_step": data.gaussian_step,
          "gaussian_width": data.gaussian_width}

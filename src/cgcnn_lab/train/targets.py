@@ -1,7 +1,11 @@
-"""Target transforms: per-atom scaling for extensive targets, and normalisation fitted on the training split.
+"""Target transforms: per-atom scaling, per-element reference energies, normalisation — all fitted on the
+training split only, so validation and test data leak nothing into them.
 
-The network always learns ``(y / n_atoms? - mean) / std``; ``decode`` undoes it so that every number a user
-sees is in the data's own unit (and, with ``per_atom``, also per atom).
+The network learns ``q = (y / n_atoms if per_atom else y)``, minus an optional composition baseline
+``Σ_i c_i ref[z_i]`` (c_i: atomic fractions), scaled to zero mean and unit variance. ``decode`` undoes every
+step, so each number a user sees is in the data's own unit. The element references are the standard trick of
+CHGNet/M3GNet: a linear fit of energy per atom on composition removes the part of the target that only depends
+on which elements are present, leaving the network the part that depends on structure.
 """
 
 from __future__ import annotations
@@ -11,44 +15,92 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+N_ELEMENTS = 119
+
+
+def composition_fractions(z: np.ndarray, atom_ptr: np.ndarray) -> np.ndarray:
+    """[S, 119] atomic fractions of each crystal (vectorised over the packed atom array)."""
+    n = np.diff(atom_ptr)
+    crystal = np.repeat(np.arange(len(n)), n)
+    counts = np.zeros((len(n), N_ELEMENTS))
+    np.add.at(counts, (crystal, z), 1.0)
+    return counts / n[:, None]
+
+
+def fit_element_references(fractions: np.ndarray, q: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Least-squares reference per element [119, T] such that fractions @ ref ≈ q; unseen elements get 0."""
+    seen = fractions.sum(axis=0) > 0
+    x = fractions[:, seen]
+    a = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
+    ref = np.zeros((N_ELEMENTS, q.shape[1]))
+    ref[seen] = np.linalg.solve(a, x.T @ q)
+    return ref
+
 
 @dataclass
 class TargetTransform:
     per_atom: bool = False
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
+    element_ref: list[list[float]] | None = None  # [119][T] composition baseline, or None
 
     @classmethod
-    def fit(cls, targets: np.ndarray, n_atoms: np.ndarray, per_atom: bool) -> "TargetTransform":
-        """Fit on the training split only (so validation/test leak nothing into the scaling)."""
-        y = targets / n_atoms[:, None] if per_atom else targets
-        std = y.std(axis=0)
+    def fit(
+        cls, targets: np.ndarray, z: np.ndarray, atom_ptr: np.ndarray, per_atom: bool, element_ref: bool = False
+    ) -> "TargetTransform":
+        """Fit on the training split: ``targets`` [S, T], packed atomic numbers ``z`` with offsets ``atom_ptr``."""
+        n_atoms = np.diff(atom_ptr).astype(np.float64)
+        q = targets / n_atoms[:, None] if per_atom else targets
+        ref = None
+        if element_ref:
+            fractions = composition_fractions(z, atom_ptr)
+            ref = fit_element_references(fractions, q)
+            q = q - fractions @ ref
+        std = q.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
-        return cls(per_atom, [float(v) for v in y.mean(axis=0)], [float(v) for v in std])
+        return cls(per_atom, [float(v) for v in q.mean(axis=0)], [float(v) for v in std],
+                   None if ref is None else ref.tolist())
+
+    def _baseline(self, batch, like: torch.Tensor) -> torch.Tensor | float:
+        """Σ_i c_i ref[z_i] per crystal of the batch (0 without element references)."""
+        if self.element_ref is None:
+            return 0.0
+        ref = like.new_tensor(self.element_ref)[batch.z]  # [N, T]
+        sizes = (batch.ptr[1:] - batch.ptr[:-1]).to(like.dtype)
+        total = like.new_zeros((int(batch.num_graphs), ref.shape[1])).index_add_(0, batch.batch, ref)
+        return total / sizes.unsqueeze(1)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return like.new_tensor(self.mean), like.new_tensor(self.std)
 
-    def encode(self, y: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
-        """Data unit -> what the network learns."""
+    @staticmethod
+    def sizes(batch) -> torch.Tensor:
+        return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32).unsqueeze(1)
+
+    def intensive(self, y: torch.Tensor, batch) -> torch.Tensor:
+        """Data unit -> the quantity learned, before normalisation (per atom with ``per_atom``)."""
+        return y / self.sizes(batch).to(y.dtype) if self.per_atom else y
+
+    def encode(self, y: torch.Tensor, batch) -> torch.Tensor:
+        """Data unit -> what the network is trained to output."""
         mean, std = self._stats(y)
-        if self.per_atom:
-            y = y / n_atoms.unsqueeze(1)
-        return (y - mean) / std
+        return (self.intensive(y, batch) - self._baseline(batch, y) - mean) / std
 
-    def decode_intensive(self, out: torch.Tensor) -> torch.Tensor:
-        """Network output -> data unit, per atom when ``per_atom`` (the quantity the model actually learns)."""
+    def decode_intensive(self, out: torch.Tensor, batch) -> torch.Tensor:
+        """Network output -> data unit, per atom with ``per_atom`` (the quantity the model learns)."""
         mean, std = self._stats(out)
-        return out * std + mean
+        return out * std + mean + self._baseline(batch, out)
 
-    def decode(self, out: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
-        """Network output -> data unit (total, for an extensive target learned per atom)."""
-        y = self.decode_intensive(out)
-        return y * n_atoms.unsqueeze(1) if self.per_atom else y
+    def decode(self, out: torch.Tensor, batch) -> torch.Tensor:
+        """Network output -> data unit (the total, for an extensive target learned per atom)."""
+        q = self.decode_intensive(out, batch)
+        return q * self.sizes(batch).to(q.dtype) if self.per_atom else q
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TargetTransform":
-        return cls(bool(d["per_atom"]), [float(v) for v in d["mean"]], [float(v) for v in d["std"]])
+        ref = d.get("element_ref")
+        return cls(bool(d["per_atom"]), [float(v) for v in d["mean"]], [float(v) for v in d["std"]],
+                   None if ref is None else [[float(v) for v in row] for row in ref])

@@ -1,0 +1,371 @@
+"""Tests for cgcnn_lab.model: convolutions (against their literal formulas) and the CGCNN network
+(forward/backward over the configuration grid, invariances, supercell behaviour)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pymatgen.core import Lattice, Structure
+from scipy.spatial.transform import Rotation
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import global_add_pool
+
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
+from cgcnn_lab.model.convs import ACTIVATIONS, GatedConv, SharedConv
+from cgcnn_lab.model.network import CGCNN, POOLING, ModelConfig
+
+GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
+SMALL = {"atom_fea_len": 16, "h_fea_len": 24, "n_conv": 2, "radius": 5.0, "gaussian_step": 0.5}
+
+
+@pytest.fixture(scope="module")
+def table() -> np.ndarray:
+    return ElementEncoding.cgcnn92().table
+
+
+def triclinic() -> Structure:
+    """A 4-atom triclinic cell, no symmetry (so invariance tests are not passed by accident)."""
+    lattice = Lattice.from_parameters(3.9, 4.3, 4.7, 81.0, 97.0, 104.0)
+    frac = [[0.02, 0.05, 0.01], [0.51, 0.47, 0.55], [0.48, 0.03, 0.52], [0.07, 0.53, 0.46]]
+    return Structure(lattice, ["Sr", "Ti", "O", "O"], frac)
+
+
+def distorted_perovskite() -> Structure:
+    lattice = Lattice.from_parameters(3.95, 4.02, 4.10, 89.0, 91.5, 88.0)
+    frac = [[0, 0, 0], [0.52, 0.48, 0.51], [0.5, 0.53, 0.02], [0.47, 0.01, 0.49], [0.03, 0.5, 0.48]]
+    return Structure(lattice, ["Ba", "Ti", "O", "O", "O"], frac)
+
+
+def to_data(structure: Structure) -> Data:
+    g = structure_to_graph(structure, GRAPH, "test")
+    return Data(
+        z=torch.from_numpy(g.z),
+        edge_index=torch.from_numpy(g.edge_index),
+        distance=torch.from_numpy(g.distance),
+        num_nodes=g.n_atoms,
+    )
+
+
+def make_batch(*structures: Structure) -> Batch:
+    return Batch.from_data_list([to_data(s) for s in structures])
+
+
+def training_batch() -> Batch:
+    return make_batch(triclinic(), distorted_perovskite(), triclinic() * (1, 1, 2))
+
+
+def build(table: np.ndarray, **kwargs) -> CGCNN:
+    torch.manual_seed(0)
+    return CGCNN(ModelConfig(**{**SMALL, **kwargs}), table)
+
+
+def warmed_up(model: CGCNN) -> CGCNN:
+    """Run training-mode forwards so batch-norm running stats are non-trivial, then switch to eval."""
+    model.double().train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(training_batch())
+    model.eval()
+    return model
+
+
+def forward_backward(model: CGCNN, batch: Batch) -> torch.Tensor:
+    model.train()
+    out = model(batch)
+    c = model.config
+    assert out.shape == (batch.num_graphs, c.n_outputs)
+    assert torch.isfinite(out).all()
+    if c.task == "classification":
+        loss = F.nll_loss(out, torch.arange(batch.num_graphs) % c.n_outputs)
+    else:
+        loss = ((out - torch.linspace(-1, 1, out.numel()).view_as(out)) ** 2).mean()
+    model.zero_grad()
+    loss.backward()
+    total = 0.0
+    for name, p in model.named_parameters():
+        assert p.requires_grad
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        total += float(p.grad.abs().sum())
+    assert total > 0
+    # the input layer is reached by the gradient (it is never right after a batch norm)
+    assert model.embedding.weight.grad.abs().sum() > 0
+    return out
+
+
+# ----------------------------------------------------------------------------- forward / backward grid
+
+
+@pytest.mark.parametrize(
+    "conv, pool, batchnorm",
+    list(itertools.product(["gated", "shared", "none"], list(POOLING), [True, False])),
+)
+def test_forward_backward_grid(table, conv: str, pool: str, batchnorm: bool) -> None:
+    model = build(table, conv=conv, pool=pool, batchnorm=batchnorm)
+    assert len(model.convs) == (0 if conv == "none" else 2)
+    forward_backward(model, training_batch())
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_every_activation(table, act: str) -> None:
+    model = build(table, activation=act, n_h=2)
+    assert len(model.fcs) == 1
+    forward_backward(model, training_batch())
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_regression_outputs(table, n_outputs: int) -> None:
+    out = forward_backward(build(table, n_outputs=n_outputs, dropout=0.1), training_batch())
+    assert out.shape[1] == n_outputs
+
+
+def test_classification_log_probabilities(table) -> None:
+    model = build(table, task="classification", n_outputs=3, conv="shared")
+    out = forward_backward(model, training_batch())
+    assert (out <= 0).all()
+    torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(out.shape[0]), atol=1e-5, rtol=0)
+
+
+def test_learned_atom_encoding(table) -> None:
+    model = CGCNN(ModelConfig(**SMALL, atom_encoding="learned"), None)
+    assert isinstance(model.embedding, torch.nn.Embedding) and model.element_table is None
+    forward_backward(model, training_batch())
+    grad = model.embedding.weight.grad
+    used = torch.unique(training_batch().z)
+    assert grad[used].abs().sum(dim=1).gt(0).all()
+    unused = torch.ones(grad.shape[0], dtype=torch.bool)
+    unused[used] = False
+    assert grad[unused].abs().sum() == 0
+
+
+def test_fixed_encoding_needs_table() -> None:
+    with pytest.raises(ValueError, match="element feature table"):
+        CGCNN(ModelConfig(**SMALL), None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"conv": "gcn"},
+        {"pool": "attention"},
+        {"task": "ranking"},
+        {"atom_encoding": "onehot"},
+        {"activation": "swish"},
+        {"task": "classification", "n_outputs": 1},
+        {"n_h": 0},
+        {"dropout": 1.0},
+    ],
+)
+def test_model_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(**kwargs)
+
+
+def test_model_config_round_trip() -> None:
+    cfg = ModelConfig(**SMALL, pool="max")
+    assert ModelConfig.from_dict({**cfg.to_dict(), "unknown_key": 1}) == cfg
+
+
+# ----------------------------------------------------------------------------- invariances
+
+
+INVARIANCE_CONFIGS = [
+    {"conv": "gated", "pool": "mean"},
+    {"conv": "shared", "pool": "max"},
+    {"conv": "gated", "pool": "sum", "batchnorm": False},
+]
+
+
+def predict(model: CGCNN, *structures: Structure) -> torch.Tensor:
+    with torch.no_grad():
+        return model(make_batch(*structures))
+
+
+@pytest.fixture(scope="module", params=range(len(INVARIANCE_CONFIGS)))
+def eval_model(request, table) -> CGCNN:
+    return warmed_up(build(table, **INVARIANCE_CONFIGS[request.param], n_outputs=2))
+
+
+@pytest.mark.parametrize("conv", ["gated", "shared"])
+def test_batchnorm_running_stats_are_non_trivial(table, conv: str) -> None:
+    model = warmed_up(build(table, conv=conv))
+    for layer in model.convs:
+        bn = layer.bn2 if conv == "gated" else layer.bn
+        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+@pytest.mark.parametrize("make", [triclinic, distorted_perovskite])
+def test_site_permutation_invariance(eval_model, make) -> None:
+    s = make()
+    perm = np.roll(np.arange(len(s)), 1)  # cyclic shift: no site keeps its index
+    assert (perm != np.arange(len(s))).all()
+    permuted = Structure(s.lattice, [s[i].specie for i in perm], s.frac_coords[perm])
+    torch.testing.assert_close(predict(eval_model, permuted), predict(eval_model, s), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        x = eval_model.atom_features(make_batch(s))
+        x_perm = eval_model.atom_features(make_batch(permuted))
+    torch.testing.assert_close(x_perm, x[torch.from_numpy(perm)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [triclinic, distorted_perovskite])
+def test_translation_invariance(eval_model, make) -> None:
+    s = make()
+    moved = s.copy()
+    moved.translate_sites(list(range(len(s))), [1.37, -0.61, 2.9], frac_coords=False, to_unit_cell=True)
+    assert not np.allclose(moved.frac_coords, s.frac_coords)
+    torch.testing.assert_close(predict(eval_model, moved), predict(eval_model, s), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [triclinic, distorted_perovskite])
+def test_rotation_invariance(eval_model, make) -> None:
+    s = make()
+    rot = Rotation.from_euler("zyx", [37.0, -58.0, 111.0], degrees=True).as_matrix()
+    rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
+    assert not np.allclose(rotated.cart_coords, s.cart_coords)
+    torch.testing.assert_close(predict(eval_model, rotated), predict(eval_model, s), atol=1e-5, rtol=0)
+
+
+def test_prediction_depends_on_the_structure(eval_model) -> None:
+    """Guards the invariance tests: a real change of geometry or composition changes the prediction."""
+    s = triclinic()
+    strained = Structure(Lattice(s.lattice.matrix * 1.04), s.species, s.frac_coords)
+    swapped = Structure(s.lattice, ["Ba", "Ti", "O", "O"], s.frac_coords)
+    base = predict(eval_model, s)
+    assert (predict(eval_model, strained) - base).abs().max() > 1e-4
+    assert (predict(eval_model, swapped) - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("make", [triclinic, distorted_perovskite])
+def test_supercell(table, make) -> None:
+    s = make()
+    supercell = s * (2, 2, 2)
+    assert len(supercell) == 8 * len(s)
+    mean_model = warmed_up(build(table, pool="mean"))
+    # intensive: mean pooling gives the same prediction for the supercell (also batched together)
+    both = predict(mean_model, s, supercell)
+    torch.testing.assert_close(both[1], both[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(predict(mean_model, supercell), predict(mean_model, s), atol=1e-5, rtol=0)
+    # extensive: sum-pooled atom features scale by 8 (the readout is nonlinear, so compare before it)
+    sum_model = warmed_up(build(table, pool="sum"))
+    with torch.no_grad():
+        cell_batch, super_batch = make_batch(s), make_batch(supercell)
+        pooled_cell = global_add_pool(sum_model.atom_features(cell_batch), cell_batch.batch)
+        pooled_super = global_add_pool(sum_model.atom_features(super_batch), super_batch.batch)
+    torch.testing.assert_close(pooled_super, 8 * pooled_cell, atol=1e-5, rtol=1e-7)
+    assert pooled_cell.abs().max() > 1e-3
+
+
+def test_batching_is_independent(table) -> None:
+    """In eval mode a crystal's prediction does not depend on what else is in the batch."""
+    model = warmed_up(build(table))
+    alone = predict(model, distorted_perovskite())
+    batched = predict(model, triclinic(), distorted_perovskite(), triclinic())
+    torch.testing.assert_close(batched[1:2], alone, atol=1e-8, rtol=0)
+
+
+# ----------------------------------------------------------------------------- convolutions vs. literal formulas
+
+
+def random_graph(n_atoms: int = 9, n_edges: int = 40, atom_dim: int = 6, edge_dim: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_atoms, atom_dim, generator=g, dtype=torch.float64)
+    edge_index = torch.randint(0, n_atoms, (2, n_edges), generator=g)
+    edge_index[1, :n_atoms] = torch.arange(n_atoms)  # every atom is a centre at least once
+    edge_attr = torch.rand(n_edges, edge_dim, generator=g, dtype=torch.float64)
+    return x, edge_index, edge_attr
+
+
+def gated_reference(layer: GatedConv, x, edge_index, edge_attr) -> torch.Tensor:
+    """The original CGCNN ConvLayer, literally: concatenate per edge, one Linear, BN, gate, sum, BN, add."""
+    neighbor, center = edge_index
+    z = torch.cat([x[center], x[neighbor], edge_attr], dim=1)
+    gated = layer.bn1(layer.fc_full(z))
+    nbr_filter, nbr_core = gated.chunk(2, dim=1)
+    messages = torch.sigmoid(nbr_filter) * F.softplus(nbr_core)
+    summed = torch.zeros_like(x)
+    for e in range(edge_index.shape[1]):
+        summed[center[e]] += messages[e]
+    return F.softplus(x + layer.bn2(summed))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_gated_conv_equals_literal_formulation(batchnorm: bool) -> None:
+    torch.manual_seed(3)
+    x, edge_index, edge_attr = random_graph()
+    layer = GatedConv(6, 5, act="softplus", batchnorm=batchnorm).double()
+    with torch.no_grad():  # make the batch-norm affine parameters non-trivial too
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    layer.train()
+    torch.testing.assert_close(
+        layer(x, edge_index, edge_attr), gated_reference(layer, x, edge_index, edge_attr), atol=1e-5, rtol=0
+    )
+    layer.eval()
+    if batchnorm:
+        assert not torch.allclose(layer.bn1.running_mean, torch.zeros_like(layer.bn1.running_mean))
+    out = layer(x, edge_index, edge_attr)
+    torch.testing.assert_close(out, gated_reference(layer, x, edge_index, edge_attr), atol=1e-5, rtol=0)
+    # guard: the reference is sensitive to the order of the centre and neighbour halves
+    neighbor, center = edge_index
+    z_swapped = torch.cat([x[neighbor], x[center], edge_attr], dim=1)
+    f, c = layer.bn1(layer.fc_full(z_swapped)).chunk(2, dim=1)
+    swapped = F.softplus(
+        x + layer.bn2(torch.zeros_like(x).index_add_(0, center, torch.sigmoid(f) * F.softplus(c)))
+    )
+    assert (out - swapped).abs().max() > 1e-3
+
+
+def test_gated_conv_on_real_graph_float32(table) -> None:
+    """Same check in float32 on a crystal graph with the real 41-wide expansion."""
+    model = build(table, n_conv=1, radius=8.0, gaussian_step=0.2)
+    batch = training_batch()
+    x = model.embedding(model.element_table[batch.z]).detach()
+    edge_attr = model.expansion(batch.distance)
+    layer = model.convs[0]
+    for mode in (True, False):
+        layer.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                layer(x, batch.edge_index, edge_attr),
+                gated_reference(layer, x, batch.edge_index, edge_attr),
+                atol=1e-5,
+                rtol=0,
+            )
+
+
+def shared_reference(layer: SharedConv, x, edge_index, edge_attr) -> torch.Tensor:
+    """Eq. 3 literally: v_i' = g[(Σ_j v_j ⊕ u_ij) W_c + v_i W_s + b], atom by atom."""
+    neighbor, center = edge_index
+    w_c = layer.lin_neighbors.weight.T
+    w_s, b = layer.lin_self.weight.T, layer.lin_self.bias
+    rows = []
+    for i in range(x.shape[0]):
+        total = torch.zeros(x.shape[1] + edge_attr.shape[1], dtype=x.dtype)
+        for e in torch.nonzero(center == i).flatten().tolist():
+            total = total + torch.cat([x[neighbor[e]], edge_attr[e]])
+        rows.append(total @ w_c + x[i] @ w_s + b)
+    return layer.act(layer.bn(torch.stack(rows)))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_shared_conv_equals_eq3(batchnorm: bool) -> None:
+    torch.manual_seed(4)
+    x, edge_index, edge_attr = random_graph(seed=1)
+    layer = SharedConv(6, 5, act="softplus", batchnorm=batchnorm).double()
+    assert layer.lin_neighbors.bias is None
+    for mode in (True, False):
+        layer.train(mode)
+        torch.testing.assert_close(
+            layer(x, edge_index, edge_attr),
+            shared_reference(layer, x, edge_index, edge_attr),
+            atol=1e-5,
+            rtol=0,
+        )
+    # the activation is the configured one
+    assert isinstance(layer.act, torch.nn.Softplus)
