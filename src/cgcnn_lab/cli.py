@@ -7,11 +7,9 @@ so every command that trains takes exactly the same options.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from cgcnn_lab import __version__
@@ -147,8 +145,8 @@ def cmd_train(args) -> int:
 def cmd_featurize(args) -> int:
     from cgcnn_lab.data.dataset import build_dataset
     from cgcnn_lab.data.sources import load_dataset
-    from cgcnn_lab.train.run import choose_encoding
     from cgcnn_lab.model.network import ModelConfig
+    from cgcnn_lab.train.run import choose_encoding
 
     data = _data_options(args)
     raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, require_targets=False)
@@ -282,20 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Lightning's banners ('GPU available', tips) are noise in a CLI; real warnings still show."""
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
 def main(argv: list[str] | None = None) -> int:
     from cgcnn_lab.data.elements import UnknownElementError
     from cgcnn_lab.data.sources import DataError
     from cgcnn_lab.predict import CheckpointError
 
     args = build_parser().parse_args(argv)
-    quiet_libraries()
     try:
         return args.func(args)
     except (DataError, CheckpointError, UnknownElementError, ValueError) as err:

@@ -13,6 +13,7 @@ The run folder holds everything a user needs afterwards::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -137,7 +138,7 @@ def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> 
 
 
 class EpochMetricsCSV:
-    """Lightning callback that appends one row per epoch to metrics.csv (flushed: survives a killed run)."""
+    """Lightning callback that writes metrics.csv after every epoch (atomically: survives a killed run)."""
 
     def __new__(cls, path: Path):
         import lightning as L
@@ -158,9 +159,20 @@ class EpochMetricsCSV:
                 row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
                 row["seconds"] = round(time.perf_counter() - self.start, 3)
                 frame = pd.DataFrame([row])
-                frame.to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
+                if self.path.exists():  # a resumed run may repeat the epoch its checkpoint was taken in
+                    earlier = pd.read_csv(self.path)
+                    frame = pd.concat([earlier[earlier["epoch"] < row["epoch"]], frame])
+                tmp = self.path.with_suffix(".tmp")
+                frame.to_csv(tmp, index=False)
+                os.replace(tmp, self.path)
 
         return _Writer()
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners ('GPU available', tips) are noise here; real warnings still show."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _unit(data: DataOptions) -> tuple[str, str]:
@@ -180,6 +192,7 @@ def train(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch_geometric.loader import DataLoader
 
+    quiet_lightning()
     start = time.perf_counter()
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
@@ -246,7 +259,7 @@ def train(
     log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
         f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
     generator = torch.Generator().manual_seed(opts.seed)
-    subset = lambda idx: [dataset[int(i)] for i in idx]  # noqa: E731
+    subset = lambda idx: [dataset[int(i)] for i in idx]
     train_loader = DataLoader(subset(split.train), batch_size=opts.batch_size, shuffle=True, generator=generator,
                               drop_last=len(split.train) > opts.batch_size and len(split.train) % opts.batch_size == 1)
     val_loader = DataLoader(subset(split.val), batch_size=max(opts.batch_size, 256))
@@ -266,7 +279,7 @@ def train(
         num_sanity_val_steps=0, default_root_dir=str(out),
     )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance).*")
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance|exists and is not empty).*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_dir / "last.ckpt") if opts.resume else None)
     train_seconds = time.perf_counter() - start
 
@@ -279,7 +292,7 @@ def train(
     eval_set = subset(eval_idx)
     pred = predict_outputs(best.model, eval_set, best.transform)
     ids = dataset.ids[eval_idx]
-    metrics: dict = {"split": eval_name, "n_test": int(len(eval_idx)), "unit": unit, "seconds": round(train_seconds, 2),
+    metrics: dict = {"split": eval_name, "n_test": len(eval_idx), "unit": unit, "seconds": round(train_seconds, 2),
                      "epochs_run": int(trainer.current_epoch), "best_epoch": _best_epoch(out / "metrics.csv", monitor)}
     if transform is None:
         y = np.array([int(d.y.item()) for d in eval_set])

@@ -47,7 +47,7 @@ class TargetTransform:
     @classmethod
     def fit(
         cls, targets: np.ndarray, z: np.ndarray, atom_ptr: np.ndarray, per_atom: bool, element_ref: bool = False
-    ) -> "TargetTransform":
+    ) -> TargetTransform:
         """Fit on the training split: ``targets`` [S, T], packed atomic numbers ``z`` with offsets ``atom_ptr``."""
         n_atoms = np.diff(atom_ptr).astype(np.float64)
         q = targets / n_atoms[:, None] if per_atom else targets
@@ -100,7 +100,7 @@ class TargetTransform:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TargetTransform":
+    def from_dict(cls, d: dict) -> TargetTransform:
         ref = d.get("element_ref")
         return cls(bool(d["per_atom"]), [float(v) for v in d["mean"]], [float(v) for v in d["std"]],
                    None if ref is None else [[float(v) for v in row] for row in ref])

@@ -1,0 +1,216 @@
+"""End-to-end training, checkpoints and prediction, on small generated data (and the course set when present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cgcnn_lab.cli import main
+from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
+from cgcnn_lab.data.sources import DataError, from_structures
+from cgcnn_lab.model.network import ModelConfig
+from cgcnn_lab.predict import CheckpointError, load_trained, predict_structures, safe_load
+from cgcnn_lab.train.run import DataOptions, TrainOptions, train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+COURSE = SHARED / "data" / "homework" / "perovskite_energy"
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "demo.csv.gz"
+    return write_demo_dataset(path, n=160, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def small_model(**kw) -> ModelConfig:
+    return ModelConfig(n_conv=2, atom_fea_len=32, h_fea_len=32, **kw)
+
+
+def quick(tmp_path: Path, name: str, epochs: int = 6, **kw) -> TrainOptions:
+    return TrainOptions(epochs=epochs, batch_size=32, lr=3e-3, out=str(tmp_path / name), progress=False, **kw)
+
+
+def test_short_run_lowers_loss_and_writes_run_folder(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], unit="eV/atom", cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "run", epochs=8), log=lambda *_: None)
+    out = result.out
+    for name in ("config.json", "metrics.csv", "test_results.csv", "metrics.json", "loss.png", "mae.png",
+                 "parity.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    curve = pd.read_csv(out / "metrics.csv")
+    assert len(curve) == 8
+    assert curve["train_loss"].iloc[-1] < 0.5 * curve["train_loss"].iloc[0]
+    assert curve["val_mae"].min() < curve["val_mae"].iloc[0]
+    results = pd.read_csv(out / "test_results.csv")
+    assert list(results.columns) == ["id", "target", "prediction"]
+    assert len(results) == len(result.split.test) == 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["unit"] == "eV/atom"
+    assert metrics["test_mae"] == pytest.approx((results.target - results.prediction).abs().mean())
+    # much better than predicting the mean of the targets
+    assert metrics["test_mae"] < 0.5 * (results.target - results.target.mean()).abs().mean()
+
+
+def test_same_seed_same_numbers(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    a = train(data, small_model(), quick(tmp_path, "a", epochs=3), log=lambda *_: None)
+    b = train(data, small_model(), quick(tmp_path, "b", epochs=3), log=lambda *_: None)
+    ma, mb = pd.read_csv(a.out / "metrics.csv"), pd.read_csv(b.out / "metrics.csv")
+    cols = ["train_loss", "val_loss", "val_mae"]
+    np.testing.assert_array_equal(ma[cols].to_numpy(), mb[cols].to_numpy())
+
+
+def test_checkpoint_round_trip_predicts_identically(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "run", epochs=3), log=lambda *_: None)
+    saved = pd.read_csv(result.out / "test_results.csv")
+
+    out_csv = tmp_path / "pred.csv"
+    assert main(["predict", str(result.out), str(table), "--target", DEMO_TARGET, "--out", str(out_csv),
+                 "--cache-dir", cache]) == 0
+    pred = pd.read_csv(out_csv).set_index("id").loc[saved.id]
+    np.testing.assert_allclose(pred["prediction"].to_numpy(), saved["prediction"].to_numpy(), rtol=0, atol=1e-5)
+
+    # from Python, on pymatgen structures: the same numbers again
+    from pymatgen.core import Structure
+
+    frame = pd.read_csv(table).set_index("id").loc[saved.id[:5]]
+    structures = [Structure.from_str(c, fmt="cif") for c in frame["structure"]]
+    values = predict_structures(result.out, structures)
+    np.testing.assert_allclose(values[:, 0], saved["prediction"].to_numpy()[:5], atol=1e-4)
+
+
+def test_resume_continues_from_last_checkpoint(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    train(data, small_model(), quick(tmp_path, "run", epochs=2), log=lambda *_: None)
+    with pytest.raises(DataError, match="--resume"):
+        train(data, small_model(), quick(tmp_path, "run", epochs=4), log=lambda *_: None)
+    opts = quick(tmp_path, "run", epochs=4)
+    opts.resume = True
+    train(data, small_model(), opts, log=lambda *_: None)
+    curve = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert curve["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_classification_with_threshold(table, cache, tmp_path):
+    median = float(pd.read_csv(table)[DEMO_TARGET].median())
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], threshold=median, cache_dir=cache)
+    result = train(data, small_model(task="classification", n_outputs=2), quick(tmp_path, "cls", epochs=8),
+                   log=lambda *_: None)
+    m = result.metrics
+    assert set(m) >= {"test_accuracy", "test_auc", "test_f1"}
+    assert m["test_auc"] > 0.8  # the label is mostly composition: easy to learn
+    assert (result.out / "roc.png").is_file() and (result.out / "accuracy.png").is_file()
+    results = pd.read_csv(result.out / "test_results.csv")
+    assert set(results.target.unique()) <= {0, 1}
+    assert results.prediction.between(0, 1).all()
+
+
+def test_fold_and_id_splits(table, cache, tmp_path):
+    frame = pd.read_csv(table)
+    frame["fold"] = np.arange(len(frame)) % 5
+    folded = tmp_path / "folded.csv"
+    frame.to_csv(folded, index=False)
+    data = DataOptions(source=str(folded), targets=[DEMO_TARGET], cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "fold", epochs=1, fold_col="fold", test_fold=2),
+                   log=lambda *_: None)
+    tested = set(pd.read_csv(result.out / "test_results.csv").id)
+    assert tested == set(frame.id[frame.fold == 2])
+
+    ids = frame.id.tolist()
+    for name, part in (("train", ids[:100]), ("val", ids[100:130]), ("test", ids[130:])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
+    opts = quick(tmp_path, "ids", epochs=1, train_ids=str(tmp_path / "train.txt"),
+                 val_ids=str(tmp_path / "val.txt"), test_ids=str(tmp_path / "test.txt"))
+    result = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache), small_model(), opts,
+                   log=lambda *_: None)
+    assert set(pd.read_csv(result.out / "test_results.csv").id) == set(ids[130:])
+
+
+def test_python_structures_per_atom(tmp_path, cache):
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(0)
+    structures, energies = [], []
+    for k in range(60):
+        a = 4.0 + 0.4 * rng.random()
+        s = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        if k % 2:
+            s = s * (2, 1, 1)
+        structures.append(s)
+        energies.append(len(s) * (-8.0 + 2.0 * (a - 4.2) ** 2))  # extensive: total energy of the cell
+    raw = from_structures(structures, energies, target_names=["energy"])
+    result = train(DataOptions(per_atom=True, element_ref=True, unit="eV", cache_dir=cache), small_model(),
+                   quick(tmp_path, "py", epochs=4), raw=raw, log=lambda *_: None)
+    assert result.metrics["unit_per_atom"] == "eV/atom"
+    assert "test_mae_per_atom" in result.metrics
+    # totals = per-atom x atoms: the totals' error is the per-atom error scaled by cell size
+    assert result.metrics["test_mae"] > result.metrics["test_mae_per_atom"]
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": Exploit()}, f)
+    with pytest.raises(CheckpointError, match="refused"):
+        safe_load(path)
+    with pytest.raises(CheckpointError):
+        load_trained(path)
+    assert not marker.exists()
+
+
+def test_not_our_checkpoint(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="not a cgcnn-lab checkpoint"):
+        load_trained(path)
+    with pytest.raises(CheckpointError, match="run folder"):
+        load_trained(tmp_path)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "no such file" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "id_prop.csv").write_text("")
+    assert main(["train", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_cli_featurize_reports(table, cache, capsys):
+    assert main(["featurize", str(table), "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    assert "160 crystals" in out and "edges" in out and "41 Gaussian" in out
+
+
+@pytest.mark.skipif(not COURSE.is_dir(), reason="../shared/data/homework/perovskite_energy not present")
+def test_course_perovskites_per_atom_lowers_loss(tmp_path, cache):
+    data = DataOptions(source=str(COURSE), per_atom=True, element_ref=True, unit="eV", cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "course", epochs=5), log=lambda *_: None)
+    curve = pd.read_csv(result.out / "metrics.csv")
+    assert curve["train_loss"].iloc[-1] < curve["train_loss"].iloc[0]
+    assert result.metrics["unit"] == "eV" and result.metrics["unit_per_atom"] == "eV/atom"
+    # the folder's atom_init.json is the encoding, as in the original code
+    assert load_trained(result.out).encoding.name.startswith("atom_init:")
+    assert result.metrics["test_mae_per_atom"] < 0.6
