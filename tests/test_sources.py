@@ -517,3 +517,23 @@ def test_real_castelli_subset(tmp_path, encoding):
     assert set(ds.n_atoms.tolist()) == {5}
     np.testing.assert_allclose(ds.targets[:, 0], subset["e_form"].astype(float))
     assert {int(e.extra["matbench_fold"]) for e in raw.entries} <= set(range(5))
+
+
+def test_json_records_keyed_by_id_with_nested_targets(tmp_path):
+    """The course's perovskites_mp.json.gz shape: {id: {"structure": json, "bandgap": null | {"energy": ...}}}."""
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    data = {
+        "mp-1": {"structure": nacl.to_json(), "energy": -27.1, "bandgap": {"energy": 5.0, "direct": True}},
+        "mp-2": {"structure": nacl.as_dict(), "energy": -27.2, "bandgap": None},
+    }
+    path = tmp_path / "records.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(data, f)
+    raw = load_dataset(path, ["bandgap.energy"])
+    assert [e.id for e in raw.entries] == ["mp-1"]
+    assert raw.entries[0].targets.tolist() == [5.0]
+    assert len(raw.problems) == 1 and "mp-2" in str(raw.problems[0]) and "missing target" in str(raw.problems[0])
+    raw = load_dataset(path, ["energy"])
+    assert [e.id for e in raw.entries] == ["mp-1", "mp-2"]

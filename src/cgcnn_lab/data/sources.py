@@ -226,7 +226,41 @@ def _is_number(text: str) -> bool:
 # ---------------------------------------------------------------- tables: CSV / JSON / Parquet
 
 
-def _read_frame(path: Path):
+def _flatten_record(record: dict, structure_keys: set[str]) -> dict:
+    """One level of nesting becomes 'outer.inner' columns (e.g. bandgap.energy); structures stay whole."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key not in structure_keys:
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _json_frame(path: Path, structure_col: str | None):
+    """JSON tables in the shapes people have: a list of records, records keyed by id
+    (``{"mp-1": {"structure": ..., "energy": ...}}``), or pandas' column orientation."""
+    import gzip
+
+    import pandas as pd
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    structure_keys = set(STRUCTURE_COLUMNS) | ({structure_col} if structure_col else set())
+    if isinstance(data, list):
+        if not all(isinstance(r, dict) for r in data):
+            raise ValueError("a JSON list must hold one object per crystal")
+        return pd.DataFrame([_flatten_record(r, structure_keys) for r in data])
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object or list, got {type(data).__name__}")
+    if structure_keys & set(data) or not all(isinstance(v, dict) for v in data.values()):
+        return pd.DataFrame(data)  # column orientation: {"structure": {...rows}, "target": {...rows}}
+    rows = [{"id": str(key), **_flatten_record(value, structure_keys)} for key, value in data.items()]
+    return pd.DataFrame(rows)
+
+
+def _read_frame(path: Path, structure_col: str | None = None):
     import pandas as pd
 
     name = path.name.lower()
@@ -234,9 +268,7 @@ def _read_frame(path: Path):
         if name.endswith((".csv", ".csv.gz")):  # all text: ids keep leading zeros, "" means an empty cell
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
         if name.endswith((".json", ".json.gz")):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return pd.read_json(path, orient=None, dtype=False)
+            return _json_frame(path, structure_col)
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
     except Exception as err:  # noqa: BLE001  pandas raises many types; the user needs file + reason
@@ -255,7 +287,7 @@ def read_table(
 ) -> RawDataset:
     """One row per crystal: an id column, a structure column (CIF text or pymatgen JSON/dict), target columns."""
     path = Path(path)
-    frame = _read_frame(path)
+    frame = _read_frame(path, structure_col)
     if len(frame) == 0:
         raise DataError(f"{path}: the table has no rows")
     columns = [str(c) for c in frame.columns]
