@@ -214,3 +214,18 @@ def test_course_perovskites_per_atom_lowers_loss(tmp_path, cache):
     # the folder's atom_init.json is the encoding, as in the original code
     assert load_trained(result.out).encoding.name.startswith("atom_init:")
     assert result.metrics["test_mae_per_atom"] < 0.6
+
+
+def test_init_from_copies_weights_and_freezes_convolutions(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    first = train(data, small_model(), quick(tmp_path, "first", epochs=2), log=lambda *_: None)
+    source = load_trained(first.out).model.state_dict()
+    # the requested architecture is overridden by the checkpoint's (atom_fea_len 32, 2 convs)
+    opts = quick(tmp_path, "tuned", epochs=2, init_from=str(first.out), freeze_convs=True)
+    tuned = train(data, ModelConfig(), opts, log=lambda *_: None)
+    weights = load_trained(tuned.out).model.state_dict()
+    for name, value in weights.items():
+        if name.startswith(("embedding.", "convs.")) and "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(value, source[name], msg=f"{name} should be frozen")
+    assert not torch.equal(weights["fc_out.weight"], source["fc_out.weight"])
+    assert weights["embedding.weight"].shape == (32, 92)

@@ -87,6 +87,8 @@ class TrainOptions:
     seed: int = 0
     out: str = "runs/cgcnn"
     resume: bool = False
+    init_from: str | None = None  # checkpoint (ours or the original CGCNN's) to start from: fine-tuning
+    freeze_convs: bool = False  # with init_from: train only the layers after pooling
     accelerator: str = "cpu"
     devices: str = "1"
     progress: bool = True
@@ -110,6 +112,24 @@ def choose_encoding(data: DataOptions, raw: RawDataset, model: ModelConfig) -> E
     if raw.atom_init is not None:
         return ElementEncoding.from_atom_init(raw.atom_init)
     return ElementEncoding.cgcnn92()
+
+
+def inherit_architecture(pretrained: dict, requested: ModelConfig) -> ModelConfig:
+    """Fine-tuning keeps the pretrained network's shape; the task and head come from the new data."""
+    keep = ("conv", "n_conv", "atom_fea_len", "h_fea_len", "n_h", "activation", "batchnorm", "pool", "atom_encoding")
+    return ModelConfig.from_dict({**requested.to_dict(), **{k: pretrained[k] for k in keep}})
+
+
+def transfer_weights(source: torch.nn.Module, target: torch.nn.Module, freeze_convs: bool) -> int:
+    """Copy every tensor whose name and shape match (the output layer only if the output count matches)."""
+    own = target.state_dict()
+    matching = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    target.load_state_dict(matching, strict=False)
+    if freeze_convs:
+        for name, param in target.named_parameters():
+            if name.startswith(("embedding.", "convs.")):
+                param.requires_grad_(False)
+    return len(matching)
 
 
 def class_labels(targets: np.ndarray, threshold: float | None, where: str) -> np.ndarray:
@@ -207,9 +227,18 @@ def train(
         raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
     if not raw.has_targets:
         raise DataError(f"{data.source or raw.name}: no targets to train on")
-    encoding = choose_encoding(data, raw, model_cfg)
+    pretrained = None
+    if opts.init_from:
+        from cgcnn_lab.predict import load_trained
+
+        pretrained = load_trained(opts.init_from, atom_init=data.atom_init or raw.atom_init)
+        model_cfg = inherit_architecture(pretrained.spec["model"], model_cfg)
+        graph, encoding = pretrained.graph_config, pretrained.encoding
+        log(f"initialising from {pretrained.path}: its graph settings, element encoding and architecture are used")
+    else:
+        graph, encoding = data.graph, choose_encoding(data, raw, model_cfg)
     dataset = build_dataset(
-        raw, data.graph, encoding, data.cache_dir, data.use_cache, data.strict, data.jobs, progress=opts.progress
+        raw, graph, encoding, data.cache_dir, data.use_cache, data.strict, data.jobs, progress=opts.progress
     )
     log(dataset.summary())
     if len(dataset.target_names) > 1 and model_cfg.task == "classification":
@@ -233,14 +262,14 @@ def train(
             targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.element_ref
         )
     model_cfg = ModelConfig.from_dict(
-        {**model_cfg.to_dict(), "radius": data.radius, "gaussian_step": data.gaussian_step,
-         "gaussian_width": data.gaussian_width}
+        {**model_cfg.to_dict(), "radius": graph.radius, "gaussian_step": graph.gaussian_step,
+         "gaussian_width": graph.gaussian_width}
     )
     unit, learned_unit = _unit(data)
     spec = {
         "version": SPEC_VERSION,
         "model": model_cfg.to_dict(),
-        "graph": data.graph.to_dict(),
+        "graph": graph.to_dict(),
         "encoding": None if encoding is None else encoding.to_dict(),
         "transform": None if transform is None else transform.to_dict(),
         "target_names": dataset.target_names,
@@ -256,6 +285,9 @@ def train(
     # ---- fit
     L.seed_everything(opts.seed, workers=True, verbose=False)
     module = CGCNNModule(spec, optim)
+    if pretrained is not None:
+        copied = transfer_weights(pretrained.model, module.model, opts.freeze_convs)
+        log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
         f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
     generator = torch.Generator().manual_seed(opts.seed)
