@@ -16,7 +16,7 @@ from torch_geometric.nn import global_add_pool
 
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
-from cgcnn_lab.model.convs import ACTIVATIONS, GatedConv, SharedConv
+from cgcnn_lab.model.convs import ACTIVATIONS, CONVOLUTIONS, GatedConv, SharedConv
 from cgcnn_lab.model.network import CGCNN, POOLING, ModelConfig
 
 GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
@@ -369,3 +369,16 @@ def test_shared_conv_equals_eq3(batchnorm: bool) -> None:
         )
     # the activation is the configured one
     assert isinstance(layer.act, torch.nn.Softplus)
+
+
+PYG_CONVS = [c for c in CONVOLUTIONS if c.startswith("pyg-")]
+
+
+@pytest.mark.parametrize("conv", PYG_CONVS)
+def test_pyg_convolutions_train_and_are_permutation_invariant(table, conv: str) -> None:
+    forward_backward(build(table, conv=conv), training_batch())
+    model = warmed_up(build(table, conv=conv))
+    s = distorted_perovskite()
+    perm = np.roll(np.arange(len(s)), 2)
+    permuted = Structure(s.lattice, [s[i].specie for i in perm], s.frac_coords[perm])
+    torch.testing.assert_close(predict(model, permuted), predict(model, s), atol=1e-5, rtol=0)
