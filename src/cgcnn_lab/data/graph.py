@@ -29,6 +29,10 @@ class GraphConfig:
     max_neighbors: int = 12
     gaussian_step: float = 0.2
     gaussian_width: float | None = None  # None: same as the step, as in the original code
+    # The original code gives every atom exactly max_neighbors edges: atoms with fewer neighbours within the
+    # radius get fake ones (the crystal's atom 0 at radius + 1 Å). Off by default (variable degree, no fake
+    # bonds); on to reproduce models trained with the original code (see cgcnn_lab.original).
+    pad_to_max: bool = False
 
     def __post_init__(self) -> None:
         if not self.radius > 0:
@@ -51,7 +55,10 @@ class GraphConfig:
 
     def neighbor_key(self) -> dict:
         """The parameters the neighbour list depends on (the expansion does not change the cache)."""
-        return {"radius": float(self.radius), "max_neighbors": int(self.max_neighbors)}
+        key: dict = {"radius": float(self.radius), "max_neighbors": int(self.max_neighbors)}
+        if self.pad_to_max:  # only when on, so caches written before the option existed stay valid
+            key["pad_to_max"] = True
+        return key
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +101,25 @@ def nearest_neighbor_edges(
     return edge_index, distances[keep].astype(np.float32)
 
 
+def pad_edges(
+    edge_index: np.ndarray, distance: np.ndarray, n_atoms: int, max_neighbors: int, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The original code's padding: each atom with d < M neighbours gets M - d edges from atom 0 at radius + 1.
+
+    Mirrors ``nbr_fea_idx + [0] * (M - len)`` and ``nbr_fea + [radius + 1.] * (M - len)`` of the original
+    ``cgcnn/data.py``; edges stay grouped by centre, real neighbours (nearest first) before the padding.
+    """
+    missing = np.clip(max_neighbors - np.bincount(edge_index[1], minlength=n_atoms), 0, None)
+    if not missing.any():
+        return edge_index, distance
+    pad_centers = np.repeat(np.arange(n_atoms, dtype=np.int64), missing)
+    pad = np.stack([np.zeros_like(pad_centers), pad_centers])
+    edge_index = np.concatenate([edge_index, pad], axis=1)
+    distance = np.concatenate([distance, np.full(len(pad_centers), radius + 1.0, dtype=np.float32)])
+    order = np.argsort(edge_index[1], kind="stable")
+    return edge_index[:, order], distance[order]
+
+
 def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: str = "?") -> CrystalGraph:
     """Build the periodic neighbour graph of one structure (pymatgen's C neighbour search, no Python loops)."""
     n_atoms = len(structure)
@@ -105,6 +131,8 @@ def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: 
     edge_index, distance = nearest_neighbor_edges(
         centers, neighbors, distances, n_atoms, config.max_neighbors
     )
+    if config.pad_to_max:
+        edge_index, distance = pad_edges(edge_index, distance, n_atoms, config.max_neighbors, config.radius)
     z = np.fromiter((site.specie.Z for site in structure), dtype=np.int64, count=n_atoms)
     graph = CrystalGraph(z=z, edge_index=edge_index, distance=distance)
     isolated = np.flatnonzero(graph.degree() == 0)
