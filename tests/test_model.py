@@ -156,7 +156,6 @@ def test_fixed_encoding_needs_table() -> None:
         {"task": "ranking"},
         {"atom_encoding": "onehot"},
         {"activation": "swish"},
-        {"task": "classification", "n_outputs": 1},
         {"n_h": 0},
         {"dropout": 1.0},
     ],
@@ -164,6 +163,11 @@ def test_fixed_encoding_needs_table() -> None:
 def test_model_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ModelConfig(**kwargs)
+
+
+def test_classification_defaults_to_two_classes() -> None:
+    assert ModelConfig(task="classification").n_outputs == 2
+    assert ModelConfig(task="classification", n_outputs=3).n_outputs == 3
 
 
 def test_model_config_round_trip() -> None:

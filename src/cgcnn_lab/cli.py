@@ -1,4 +1,4 @@
-"""The ``cgcnn-lab`` command: train, predict, featurize, demo.
+"""The ``cgcnn-lab`` command: train, predict, export, featurize, demo.
 
 Option groups are built from the dataclasses they fill (``DataOptions``, ``ModelConfig``, ``TrainOptions``),
 so every command that trains takes exactly the same options.
@@ -88,6 +88,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="run folder (default runs/<data name>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from a trained model (a run folder, our .ckpt or an original CGCNN .pth.tar)")
+    g.add_argument("--freeze-convs", action="store_true",
+                   help="with --init-from: keep the embedding and convolutions fixed, train the rest")
     g.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto (Lightning)")
     g.add_argument("--devices", default="1")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
@@ -106,9 +110,8 @@ def _data_options(args):
     )
 
 
-def _element_ref(args) -> bool:
-    choice = getattr(args, "element_ref", "off")
-    return choice == "on" or (choice == "auto" and getattr(args, "per_atom", False))
+def _element_ref(args) -> bool | None:
+    return {"on": True, "off": False}.get(getattr(args, "element_ref", "auto"))  # auto: None = with --per-atom
 
 
 def _model_config(args):
@@ -130,6 +133,7 @@ def _train_options(args, default_out: str):
         test_fold=args.test_fold, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, scheduler=args.scheduler,
         loss=args.loss, patience=args.patience, seed=args.seed, out=args.out or default_out, resume=args.resume,
+        init_from=args.init_from, freeze_convs=args.freeze_convs,
         accelerator=args.accelerator, devices=args.devices, progress=not args.no_progress,
     )
 
@@ -174,9 +178,10 @@ def cmd_predict(args) -> int:
     from cgcnn_lab.train.metrics import classification_metrics, regression_metrics
 
     start = time.perf_counter()
-    trained = load_trained(args.model)
     data = _data_options(args)
     raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, require_targets=False)
+    # an original CGCNN checkpoint takes its element encoding from --atom-init or the data folder, as the original
+    trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
     encoding = ElementEncoding.from_atom_init(args.atom_init) if args.atom_init else trained.encoding
     if args.atom_init and trained.encoding is not None and encoding.n_features != trained.encoding.n_features:
         raise SystemExit(f"error: {args.atom_init} has {encoding.n_features} features; the model expects "
@@ -206,8 +211,11 @@ def cmd_predict(args) -> int:
             threshold = trained.spec.get("threshold")
             labels = (y[:, 0] > threshold).astype(int) if threshold is not None else y[:, 0].astype(int)
             frame.insert(1, "target", labels)
-            m = classification_metrics(labels, pred)
-            print(f"accuracy {m['accuracy']:.4f}  ROC-AUC {m['auc']:.4f}  F1 {m['f1']:.4f}")
+            if set(np.unique(labels)) <= set(range(pred.shape[1])):
+                m = classification_metrics(labels, pred)
+                print(f"accuracy {m['accuracy']:.4f}  ROC-AUC {m['auc']:.4f}  F1 {m['f1']:.4f}")
+            else:
+                print(f"no metrics: the targets are not class labels 0..{pred.shape[1] - 1}")
         else:
             if y.shape[1] == 1:
                 frame.insert(1, "target", y[:, 0])
@@ -220,6 +228,58 @@ def cmd_predict(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     print(f"wrote {len(frame)} predictions ({unit}) to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a cgcnn-lab model (or an original checkpoint) in the original CGCNN format, plus its atom_init.json."""
+    import torch
+
+    from cgcnn_lab.original import OriginalFormatError, to_original, write_atom_init
+    from cgcnn_lab.predict import load_trained, safe_load
+
+    trained = load_trained(args.model, atom_init=args.atom_init)
+    ckpt = safe_load(trained.path)
+    try:
+        exported = to_original(trained.model, trained.spec, epoch=int(ckpt.get("epoch") or 0))
+    except OriginalFormatError as err:  # main() prints it as one "error:" line
+        raise OriginalFormatError(f"{trained.path}: {err}") from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(exported, out)
+    atom_init = out.with_name(out.name.removesuffix(".pth.tar") + ".atom_init.json")
+    write_atom_init(trained.encoding, atom_init)
+    print(f"wrote {out} (original CGCNN format, {trained.task}) and its element encoding {atom_init}")
+    print("the original code reads the encoding as atom_init.json in the data folder: copy it there under that name")
+    graph = trained.graph_config
+    if (graph.radius, graph.max_neighbors, trained.spec["model"]["gaussian_step"]) != (8.0, 12, 0.2):
+        print(f"note: graph settings (radius {graph.radius} Å, {graph.max_neighbors} neighbours) are stored in args, "
+              "but the original predict.py always uses 8 Å, 12 neighbours, step 0.2 Å")
+    if not graph.pad_to_max:
+        print("note: the model was trained without the original's neighbour padding; the original code's "
+              f"numbers differ for atoms with fewer than {graph.max_neighbors} neighbours within {graph.radius} Å")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cgcnn_lab.experiments import base_value, full_grid, load_sweep, one_at_a_time, parse_grid, compare
+
+    grid, mode, n_seeds = parse_grid(args.grid), args.mode, args.seeds
+    if args.sweep:
+        sweep = load_sweep(args.sweep)
+        grid = {**sweep["grid"], **grid}
+        mode = sweep.get("mode", mode)
+        n_seeds = int(sweep.get("seeds", n_seeds))
+    if not grid:
+        raise ValueError("nothing to compare: give --grid FACTOR=V1,V2 (repeatable) or --sweep FILE")
+    name = Path(args.data.rstrip("/")).name.split(".")[0] or "data"
+    data, model, opts = _data_options(args), _model_config(args), _train_options(args, f"runs/compare-{name}")
+    if mode == "one-at-a-time":
+        variants = one_at_a_time(grid, {k: base_value(k, data, model, opts) for k in grid})
+    else:
+        variants = full_grid(grid)
+    seeds = [opts.seed + k for k in range(n_seeds)]
+    compare(data, model, opts, variants, seeds, opts.out, jobs=args.parallel)
     return 0
 
 
@@ -259,14 +319,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict with a trained model (a run folder or a checkpoint file)")
-    p.add_argument("model", help="run folder or .ckpt file")
+    p.add_argument("model", help="run folder, .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)")
     _add_data_options(p, graph=False)
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="write a model in another format (the original CGCNN's .pth.tar)")
+    p.add_argument("model", help="run folder, .ckpt file, or original .pth.tar (with --atom-init)")
+    p.add_argument("--format", choices=["cgcnn-original"], default="cgcnn-original")
+    p.add_argument("--out", required=True, help="file to write, e.g. model_best.pth.tar")
+    p.add_argument("--atom-init", help="atom_init.json (only to re-export an original checkpoint)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("featurize", help="build (or reuse) the graph cache and report what was found")
     _add_data_options(p)
     p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("compare", help="train many variants over several seeds on identical splits; report")
+    _add_data_options(p)
+    _add_train_options(p)
+    g = p.add_argument_group("experiment")
+    g.add_argument("--grid", action="append", default=[], metavar="FACTOR=V1,V2",
+                   help="values of one factor (repeatable), e.g. conv=gated,shared,none or max_nbr=4,8,12")
+    g.add_argument("--mode", choices=["grid", "one-at-a-time"], default="grid",
+                   help="grid: every combination; one-at-a-time: the base options, then each factor changed alone")
+    g.add_argument("--sweep", help="TOML/YAML sweep file: grid, mode, seeds")
+    g.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    g.add_argument("--parallel", type=int, default=1, metavar="N", help="variants trained in N processes")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="generate an offline dataset from physics and train on it (about a minute)")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

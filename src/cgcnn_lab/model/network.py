@@ -51,7 +51,7 @@ class ModelConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
         activation(self.activation)  # validates the name
         if self.task == "classification" and self.n_outputs < 2:
-            raise ValueError("classification needs at least 2 classes")
+            self.n_outputs = 2  # at least two classes; training sets the real count from the labels
         if self.n_h < 1 or self.n_conv < 0 or not 0 <= self.dropout < 1:
             raise ValueError("need n_h >= 1, n_conv >= 0 and 0 <= dropout < 1")
 

@@ -1,13 +1,14 @@
-"""Figures of a run: learning curves and a parity plot, written as PNG (headless backend)."""
+"""Figures of a run: learning curves and a parity plot, written as PNG.
+
+Figures are built with matplotlib's object API (``Figure``), never pyplot: no backend is switched, so
+importing this module leaves a notebook's inline plots alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 
@@ -17,7 +18,8 @@ def learning_curve(metrics: pd.DataFrame, metric: str, ylabel: str, path: Path, 
     cols = [c for c in (f"train_{metric}", f"val_{metric}") if c in metrics]
     if not cols or metrics[cols].isna().all().all():
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    fig = Figure(figsize=(5.5, 3.8), dpi=120)
+    ax = fig.subplots()
     for col, style in zip(cols, ("-", "--")):
         ax.plot(metrics["epoch"], metrics[col], style, label=col.split("_")[0])
     ax.set_xlabel("epoch")
@@ -28,13 +30,13 @@ def learning_curve(metrics: pd.DataFrame, metric: str, ylabel: str, path: Path, 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def parity(target: np.ndarray, prediction: np.ndarray, unit: str, title: str, path: Path) -> Path:
     """Prediction vs DFT target on the test split, with MAE in the legend."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=120)
+    fig = Figure(figsize=(4.6, 4.4), dpi=120)
+    ax = fig.subplots()
     t, p = target.ravel(), prediction.ravel()
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     pad = 0.03 * (hi - lo or 1.0)
@@ -49,7 +51,6 @@ def parity(target: np.ndarray, prediction: np.ndarray, unit: str, title: str, pa
     ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -59,7 +60,8 @@ def roc_curve(labels: np.ndarray, probability: np.ndarray, path: Path, title: st
     y = labels[order] == 1
     tpr = np.concatenate([[0], np.cumsum(y) / max(y.sum(), 1)])
     fpr = np.concatenate([[0], np.cumsum(~y) / max((~y).sum(), 1)])
-    fig, ax = plt.subplots(figsize=(4.4, 4.2), dpi=120)
+    fig = Figure(figsize=(4.4, 4.2), dpi=120)
+    ax = fig.subplots()
     ax.plot(fpr, tpr)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
     ax.set_xlabel("false positive rate")
@@ -67,5 +69,4 @@ def roc_curve(labels: np.ndarray, probability: np.ndarray, path: Path, title: st
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -47,7 +47,7 @@ class DataOptions:
     unit: str | None = None  # e.g. "eV"; shown next to every error
     per_atom: bool = False  # learn target / n_atoms (extensive targets such as a cell's total energy)
     threshold: float | None = None  # classification: label = target > threshold (e.g. band gap > 0: non-metal)
-    element_ref: bool = False  # subtract a per-element reference fitted on the training split (composition baseline)
+    element_ref: bool | None = None  # per-element reference baseline fitted on the training split; None: with per_atom
     atom_init: str | None = None  # atom_init.json; default: the data folder's, else the built-in cgcnn92
     strict: bool = False
     radius: float = 8.0
@@ -57,6 +57,10 @@ class DataOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     jobs: int = 0
+
+    @property
+    def use_element_ref(self) -> bool:
+        return self.per_atom if self.element_ref is None else self.element_ref
 
     @property
     def graph(self) -> GraphConfig:
@@ -85,6 +89,7 @@ class TrainOptions:
     loss: str = "mse"  # or "l1"
     patience: int = 0  # early stopping after this many epochs without validation improvement; 0: off
     seed: int = 0
+    split_seed: int | None = None  # None: same as seed; fixed by the experiment lab so every variant shares splits
     out: str = "runs/cgcnn"
     resume: bool = False
     init_from: str | None = None  # checkpoint (ours or the original CGCNN's) to start from: fine-tuning
@@ -92,6 +97,11 @@ class TrainOptions:
     accelerator: str = "cpu"
     devices: str = "1"
     progress: bool = True
+
+
+    @property
+    def split_seed_value(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -142,19 +152,29 @@ def class_labels(targets: np.ndarray, threshold: float | None, where: str) -> np
     return y.astype(np.int64)
 
 
+def _fold_number(where: str, value: object, column: str) -> int:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError):
+        pass
+    raise DataError(f"{where}: fold column '{column}' holds {value!r}, not an integer fold number")
+
+
 def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> Split:
     if opts.fold_col:
         if opts.test_fold is None:
             raise DataError("--fold-col needs --test-fold K")
-        by_id = {e.id: e.extra[opts.fold_col] for e in raw.entries}
-        folds = np.array([int(by_id[str(i)]) for i in dataset.ids])
-        return fold_split(folds, opts.test_fold, opts.val_ratio, opts.seed)
+        by_id = {e.id: (e.where, e.extra[opts.fold_col]) for e in raw.entries}
+        folds = np.array([_fold_number(*by_id[str(i)], opts.fold_col) for i in dataset.ids])
+        return fold_split(folds, opts.test_fold, opts.val_ratio, opts.split_seed_value)
     if opts.train_ids or opts.val_ids or opts.test_ids:
         if not (opts.train_ids and opts.val_ids):
             raise DataError("explicit splits need at least --train-ids and --val-ids")
         lists = [read_id_list(p) if p else [] for p in (opts.train_ids, opts.val_ids, opts.test_ids)]
         return id_split(list(dataset.ids), *lists)
-    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.seed)
+    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value)
 
 
 class EpochMetricsCSV:
@@ -244,7 +264,7 @@ def train(
     if len(dataset.target_names) > 1 and model_cfg.task == "classification":
         raise DataError("classification takes exactly one target column")
     split = make_split(dataset, raw, opts)
-    log(f"split: {split.sizes()} (seed {opts.seed})")
+    log(f"split: {split.sizes()} (split seed {opts.split_seed_value}, seed {opts.seed})")
 
     targets = dataset.targets
     n_atoms = dataset.n_atoms.astype(np.float64)
@@ -259,7 +279,7 @@ def train(
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": targets.shape[1]})
         train_graphs = dataset.graphs.select(split.train)
         transform = TargetTransform.fit(
-            targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.element_ref
+            targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.use_element_ref
         )
     model_cfg = ModelConfig.from_dict(
         {**model_cfg.to_dict(), "radius": graph.radius, "gaussian_step": graph.gaussian_step,
@@ -325,7 +345,9 @@ def train(
     pred = predict_outputs(best.model, eval_set, best.transform)
     ids = dataset.ids[eval_idx]
     metrics: dict = {"split": eval_name, "n_test": len(eval_idx), "unit": unit, "seconds": round(train_seconds, 2),
-                     "epochs_run": int(trainer.current_epoch), "best_epoch": _best_epoch(out / "metrics.csv", monitor)}
+                     "epochs_run": int(trainer.current_epoch), "best_epoch": _best_epoch(out / "metrics.csv", monitor),
+                     f"best_{monitor}": _best_value(out / "metrics.csv", monitor),
+                     "n_parameters": module.model.n_parameters()}
     if transform is None:
         y = np.array([int(d.y.item()) for d in eval_set])
         metrics.update({f"test_{k}": v for k, v in classification_metrics(y, pred).items()})
@@ -358,6 +380,11 @@ def _best_epoch(path: Path, monitor: str) -> int | None:
         return None
     m = pd.read_csv(path)
     return int(m.loc[m[monitor].idxmin(), "epoch"]) if monitor in m and m[monitor].notna().any() else None
+
+
+def _best_value(path: Path, monitor: str) -> float | None:
+    m = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return float(m[monitor].min()) if monitor in m and m[monitor].notna().any() else None
 
 
 def _result_frame(ids, y: np.ndarray, pred: np.ndarray, names: list[str]) -> pd.DataFrame:

@@ -27,13 +27,19 @@ def composition_fractions(z: np.ndarray, atom_ptr: np.ndarray) -> np.ndarray:
     return counts / n[:, None]
 
 
-def fit_element_references(fractions: np.ndarray, q: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
-    """Least-squares reference per element [119, T] such that fractions @ ref ≈ q; unseen elements get 0."""
+def fit_element_references(fractions: np.ndarray, q: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """Per-element references [119, T] such that mean(q) + fractions @ ref ≈ q (ridge least squares).
+
+    The fit is on centred targets, so the ridge pulls rarely seen elements towards the average and an element
+    absent from the training split gets 0: a crystal containing it falls back on the mean, not on an arbitrary
+    offset of several eV/atom.
+    """
     seen = fractions.sum(axis=0) > 0
     x = fractions[:, seen]
-    a = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
+    centred = q - q.mean(axis=0)
+    a = x.T @ x + ridge * np.eye(x.shape[1])
     ref = np.zeros((N_ELEMENTS, q.shape[1]))
-    ref[seen] = np.linalg.solve(a, x.T @ q)
+    ref[seen] = np.linalg.solve(a, x.T @ centred)
     return ref
 
 

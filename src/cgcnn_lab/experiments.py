@@ -1,0 +1,357 @@
+"""The experiment lab: many variants of one training run, on identical splits, over several seeds.
+
+``compare`` answers "which convolution / how many neighbours / which activation / batch norm / pooling" with
+data: every variant is a normal run folder (so any of them can be inspected or used to predict), the splits are
+fixed by one split seed, graphs are featurised once per graph setting (the cache is shared), finished variants
+are skipped when the command is repeated, and the results are summarised as mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from cgcnn_lab.model.network import ModelConfig
+from cgcnn_lab.train.run import DataOptions, TrainOptions
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "1", "yes"):
+        return True
+    if value.lower() in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"expected on/off, got {value!r}")
+
+
+# factor name -> (which options object, field, parser)
+FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
+    "conv": ("model", "conv", str),
+    "n_conv": ("model", "n_conv", int),
+    "atom_fea_len": ("model", "atom_fea_len", int),
+    "h_fea_len": ("model", "h_fea_len", int),
+    "n_h": ("model", "n_h", int),
+    "activation": ("model", "activation", str),
+    "batchnorm": ("model", "batchnorm", _on_off),
+    "pool": ("model", "pool", str),
+    "dropout": ("model", "dropout", float),
+    "atom_encoding": ("model", "atom_encoding", str),
+    "max_nbr": ("data", "max_neighbors", int),
+    "radius": ("data", "radius", float),
+    "gaussian_step": ("data", "gaussian_step", float),
+    "element_ref": ("data", "element_ref", _on_off),
+    "per_atom": ("data", "per_atom", _on_off),
+    "epochs": ("train", "epochs", int),
+    "batch_size": ("train", "batch_size", int),
+    "lr": ("train", "lr", float),
+    "optimizer": ("train", "optimizer", str),
+    "scheduler": ("train", "scheduler", str),
+    "weight_decay": ("train", "weight_decay", float),
+    "loss": ("train", "loss", str),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration: factor -> value (as text, exactly as the user wrote it)."""
+
+    settings: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.settings) or "base"
+
+    @property
+    def folder(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.name.replace(",", "__").replace("=", "-"))
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["conv=gated,shared", "max_nbr=4,8"]`` -> ``{"conv": ["gated", "shared"], "max_nbr": ["4", "8"]}``."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise ValueError(f"--grid {item!r}: expected FACTOR=VALUE[,VALUE...]")
+        if key not in FACTORS:
+            raise ValueError(f"--grid {item!r}: unknown factor {key!r}; choose from {', '.join(FACTORS)}")
+        grid.setdefault(key, [])
+        grid[key] += [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+def load_sweep(path: str | Path) -> dict:
+    """A sweep file (TOML or YAML): ``grid`` (factor -> list), optional ``mode`` and ``seeds``."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        sweep = tomllib.loads(text)
+    else:
+        import yaml
+
+        sweep = yaml.safe_load(text)
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("grid"), dict):
+        raise ValueError(f"{path}: a sweep file needs a 'grid' table of factor -> list of values")
+    sweep["grid"] = parse_grid([f"{k}={','.join(str(v).lower() if isinstance(v, bool) else str(v) for v in vs)}"
+                                for k, vs in sweep["grid"].items()])
+    return sweep
+
+
+def base_value(factor: str, data: DataOptions, model: ModelConfig, opts: TrainOptions) -> str:
+    where, field, _ = FACTORS[factor]
+    value = getattr({"data": data, "model": model, "train": opts}[where], field)
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def full_grid(grid: dict[str, list[str]]) -> list[Variant]:
+    keys = list(grid)
+    return [Variant(tuple(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def one_at_a_time(grid: dict[str, list[str]], base: dict[str, str]) -> list[Variant]:
+    """The base configuration, then each factor changed alone: what the course's questions need."""
+    variants = [Variant(())]
+    for factor, values in grid.items():
+        for value in values:
+            if _same(FACTORS[factor][2], value, base[factor]):
+                continue
+            variants.append(Variant(((factor, value),)))
+    return variants
+
+
+def _same(parse: Callable[[str], object], a: str, b: str) -> bool:
+    try:
+        return parse(a) == parse(b)
+    except ValueError:
+        return a == b
+
+
+def apply(variant: Variant, data: DataOptions, model: ModelConfig, opts: TrainOptions):
+    """The options of one variant (copies; the inputs are not changed)."""
+    changes: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    for factor, value in variant.settings:
+        where, field, parse = FACTORS[factor]
+        changes[where][field] = parse(value)
+    return (replace(data, **changes["data"]), ModelConfig.from_dict({**model.to_dict(), **changes["model"]}),
+            replace(opts, **changes["train"]))
+
+
+def _run_one(job: tuple) -> dict:
+    """Train one (variant, seed) in a worker; returns its results row."""
+    variant, seed, data, model, opts, out, threads = job
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from cgcnn_lab.train.run import train
+
+    data, model, opts = apply(variant, data, model, opts)
+    run_dir = Path(out) / "runs" / variant.folder / f"seed{seed}"
+    opts = replace(opts, seed=seed, split_seed=opts.split_seed_value, out=str(run_dir), progress=False,
+                   resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+    result = train(data, model, opts, log=lambda *_: None)
+    return _row(variant, seed, run_dir, result.metrics)
+
+
+def _row(variant: Variant, seed: int, run_dir: Path, metrics: dict) -> dict:
+    row = {"variant": variant.name, "seed": seed, **dict(variant.settings), "run": str(run_dir)}
+    row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+    return row
+
+
+def compare(
+    data: DataOptions,
+    model: ModelConfig,
+    opts: TrainOptions,
+    variants: list[Variant],
+    seeds: list[int],
+    out: str | Path,
+    jobs: int = 1,
+    log=print,
+) -> pd.DataFrame:
+    """Train every variant × seed (skipping finished ones), then write results.csv, summary.md, plots, report.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = replace(opts, split_seed=opts.split_seed_value)  # one split for every variant and seed
+    rows, todo = [], []
+    for variant in variants:
+        for seed in seeds:
+            run_dir = out / "runs" / variant.folder / f"seed{seed}"
+            if (run_dir / "metrics.json").exists():
+                rows.append(_row(variant, seed, run_dir, json.loads((run_dir / "metrics.json").read_text())))
+            else:
+                todo.append((variant, seed))
+    log(f"{len(variants)} variants × {len(seeds)} seeds: {len(rows)} done already, {len(todo)} to train"
+        f"{f' in {jobs} processes' if jobs > 1 and todo else ''}")
+    _warm_cache(data, variants, model, opts)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    jobs_args = [(v, s, data, model, opts, str(out), threads) for v, s in todo]
+    start = time.perf_counter()
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for k, row in enumerate(pool.map(_run_one, jobs_args), 1):
+                rows.append(row)
+                log(f"[{k}/{len(todo)}] {row['variant']} seed {row['seed']}: {_headline(row)}")
+    else:
+        for k, job in enumerate(jobs_args, 1):
+            row = _run_one(job)
+            rows.append(row)
+            log(f"[{k}/{len(todo)}] {row['variant']} seed {row['seed']}: {_headline(row)}")
+    results = pd.DataFrame(rows)
+    order = {v.name: i for i, v in enumerate(variants)}
+    results = results.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    results.to_csv(out / "results.csv", index=False)
+    summary = summarize(results)
+    (out / "summary.md").write_text(summary_markdown(summary))
+    figures = make_plots(out, results, summary, variants)
+    write_report(out, results, summary, figures, variants, seeds, time.perf_counter() - start)
+    log(summary_markdown(summary))
+    return results
+
+
+def _warm_cache(data: DataOptions, variants: list[Variant], model: ModelConfig, opts: TrainOptions) -> None:
+    """Featurise each distinct graph setting once, before any worker starts (workers then read the cache)."""
+    from cgcnn_lab.data.featurize import featurize
+    from cgcnn_lab.data.sources import load_dataset
+
+    if not data.use_cache:
+        return
+    raw = None
+    for graph in {apply(v, data, model, opts)[0].graph for v in variants}:
+        raw = raw or load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict,
+                                  extra_cols=[opts.fold_col] if opts.fold_col else [])
+        featurize(raw.entries, graph, cache_dir=data.cache_dir, jobs=data.jobs)
+
+
+def _metric(results: pd.DataFrame) -> tuple[str, str, bool]:
+    """(column, label, lower is better) of the headline test metric."""
+    if "test_mae_per_atom" in results:
+        return "test_mae_per_atom", f"test MAE ({results['unit_per_atom'].iloc[0]})", True
+    if "test_mae" in results:
+        return "test_mae", f"test MAE ({results['unit'].iloc[0]})", True
+    return "test_accuracy", "test accuracy", False
+
+
+def _headline(row: dict) -> str:
+    if "test_mae_per_atom" in row:
+        return f"test MAE {row['test_mae_per_atom']:.4g} {row['unit_per_atom']}"
+    if "test_mae" in row:
+        return f"test MAE {row['test_mae']:.4g} {row['unit']}"
+    return f"test accuracy {row['test_accuracy']:.4f}"
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per variant, best first."""
+    metric, _, lower = _metric(results)
+    cols = [c for c in (metric, "test_mae", "test_rmse", "test_r2", "test_accuracy", "test_auc", "test_f1",
+                        "best_val_mae", "best_val_loss", "seconds", "epochs_run", "n_parameters") if c in results]
+    cols = list(dict.fromkeys(cols))
+    grouped = results.groupby("variant", sort=False)[cols]
+    summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
+    summary["seeds"] = results.groupby("variant", sort=False).size()
+    return summary.sort_values(f"{metric}_mean", ascending=lower)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    metric = next(c[: -len("_mean")] for c in summary.columns if c.endswith("_mean"))
+    label = metric.replace("_", " ")
+    lines = [f"| variant | {label} (mean ± std) | seeds | train time (s) | parameters |", "|---|---|---|---|---|"]
+    for name, r in summary.iterrows():
+        lines.append(f"| {name} | {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f} | {int(r['seeds'])} | "
+                     f"{r['seconds_mean']:.0f} | {int(r['n_parameters_mean']):,} |")
+    return "\n".join(lines) + "\n"
+
+
+def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants: list[Variant]) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    from cgcnn_lab.train import plots
+
+    metric, label, lower = _metric(results)
+    figures = []
+    # test error per variant, with error bars over seeds
+    fig = Figure(figsize=(max(5.0, 0.55 * len(summary) + 2), 4.2), dpi=120)
+    ax = fig.subplots()
+    names = [v.name for v in variants if v.name in summary.index]
+    means = summary.loc[names, f"{metric}_mean"]
+    stds = summary.loc[names, f"{metric}_std"]
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(label)
+    ax.set_title(f"{label}: mean ± std over {int(summary['seeds'].max())} seeds", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "test_error.png")
+    figures.append(out / "test_error.png")
+    # validation curves, mean over seeds, one line per variant
+    curve_metric = "val_mae" if "test_mae" in results else "val_loss"
+    fig = Figure(figsize=(6.5, 4.2), dpi=120)
+    ax = fig.subplots()
+    for name in names:
+        curves = [pd.read_csv(Path(r) / "metrics.csv") for r in results.loc[results.variant == name, "run"]]
+        curves = [c for c in curves if curve_metric in c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        ax.plot(curves[0]["epoch"][:n], np.mean([c[curve_metric][:n] for c in curves], axis=0), label=name, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(curve_metric.replace("_", " "))
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png")
+    figures.append(out / "learning_curves.png")
+    # parity plot of the best variant (its first seed)
+    if "test_mae" in results:
+        best = summary.index[0]
+        run = Path(results.loc[results.variant == best, "run"].iloc[0])
+        frame = pd.read_csv(run / "test_results.csv")
+        unit = results["unit"].iloc[0]  # test_results.csv is in the target's own unit (totals with --per-atom)
+        plots.parity(frame["target"].to_numpy(), frame["prediction"].to_numpy(), unit, f"best: {best}",
+                     out / "parity_best.png")
+        figures.append(out / "parity_best.png")
+    return figures
+
+
+def write_report(out: Path, results: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
+                 variants: list[Variant], seeds: list[int], seconds: float) -> None:
+    metric, label, lower = _metric(results)
+    best = summary.index[0]
+    lines = [
+        "# Experiment report",
+        "",
+        f"{len(variants)} variants × {len(seeds)} seeds (seeds {seeds}); every variant uses the same "
+        "train/validation/test split. Each row of `results.csv` is one run folder under `runs/`.",
+        "",
+        f"Best by {label}: **{best}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
+        f"{summary.loc[best, f'{metric}_std']:.4f}).",
+        "",
+        summary_markdown(summary),
+    ]
+    factors = sorted({k for v in variants for k, _ in v.settings})
+    if len(factors) > 0 and any(len(v.settings) == 1 for v in variants) and "base" in summary.index:
+        lines += ["## One factor at a time", ""]
+        base = summary.loc["base", f"{metric}_mean"], summary.loc["base", f"{metric}_std"]
+        for factor in factors:
+            rows = [(v.name, summary.loc[v.name]) for v in variants if v.settings and v.settings[0][0] == factor]
+            lines.append(f"- **{factor}**: base {base[0]:.4f} ± {base[1]:.4f}; " + "; ".join(
+                f"{name.split('=', 1)[1]} {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f}" for name, r in rows))
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
+    lines += ["", f"Training time of this invocation: {seconds:.0f} s."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
