@@ -33,6 +33,10 @@ def _on_off(value: str) -> bool:
     raise ValueError(f"expected on/off, got {value!r}")
 
 
+def _path_or_none(value: str) -> str | None:
+    return None if value.lower() in ("none", "scratch", "") else value
+
+
 # factor name -> (which options object, field, parser)
 FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "conv": ("model", "conv", str),
@@ -57,6 +61,8 @@ FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "scheduler": ("train", "scheduler", str),
     "weight_decay": ("train", "weight_decay", float),
     "loss": ("train", "loss", str),
+    "init_from": ("train", "init_from", _path_or_none),  # "none"/"scratch" or a checkpoint: fine-tuning vs not
+    "freeze_convs": ("train", "freeze_convs", _on_off),
 }
 
 
@@ -112,6 +118,8 @@ def load_sweep(path: str | Path) -> dict:
 def base_value(factor: str, data: DataOptions, model: ModelConfig, opts: TrainOptions) -> str:
     where, field, _ = FACTORS[factor]
     value = getattr({"data": data, "model": model, "train": opts}[where], field)
+    if value is None:
+        return "auto" if field == "element_ref" else "none"
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
