@@ -229,3 +229,23 @@ def test_init_from_copies_weights_and_freezes_convolutions(table, cache, tmp_pat
             torch.testing.assert_close(value, source[name], msg=f"{name} should be frozen")
     assert not torch.equal(weights["fc_out.weight"], source["fc_out.weight"])
     assert weights["embedding.weight"].shape == (32, 92)
+
+
+@pytest.mark.parametrize("pool", ["mean", "sum"])
+def test_site_contributions_add_up_to_the_prediction(table, cache, tmp_path, pool):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], per_atom=True, unit="eV", cache_dir=cache)
+    result = train(data, small_model(readout="atom", pool=pool), quick(tmp_path, "atomwise", epochs=2),
+                   log=lambda *_: None)
+    out = tmp_path / "contrib.csv"
+    assert main(["explain", str(result.out), str(table), "--target", DEMO_TARGET, "--out", str(out),
+                 "--cache-dir", cache]) == 0
+    sites = pd.read_csv(out)
+    pred = pd.read_csv(result.out / "test_results.csv").set_index("id")["prediction"]
+    per_crystal = sites.groupby("id")["contribution"].sum()  # per-atom energies sum to the total energy
+    scale = 1.0 if pool == "mean" else sites.groupby("id").size()  # sum pooling: they sum to the per-atom value
+    np.testing.assert_allclose((per_crystal * scale).loc[pred.index].to_numpy(), pred.to_numpy(), rtol=1e-4)
+    assert list(Path(tmp_path).glob("contrib_*.png"))
+
+    plain = train(data, small_model(), quick(tmp_path, "crystalwise", epochs=1), log=lambda *_: None)
+    assert main(["explain", str(plain.out), str(table), "--target", DEMO_TARGET, "--out", str(out),
+                 "--cache-dir", cache]) == 2

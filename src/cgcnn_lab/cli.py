@@ -62,6 +62,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batchnorm", choices=["on", "off"], default="on")
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--pool", choices=list(POOLING), default="mean")
+    g.add_argument("--readout", choices=["crystal", "atom"], default="crystal",
+                   help="crystal: pool, then the output network (original); atom: output network per atom, then "
+                        "pool (per-site contributions, see 'explain')")
     g.add_argument("--atom-encoding", choices=["fixed", "learned"], default="fixed",
                    help="fixed: element feature table (cgcnn92 / atom_init.json); learned: per-element embedding")
 
@@ -120,7 +123,7 @@ def _model_config(args):
     return ModelConfig(
         conv=args.conv, n_conv=args.n_conv, atom_fea_len=args.atom_fea_len, h_fea_len=args.h_fea_len, n_h=args.n_h,
         activation=args.activation, batchnorm=args.batchnorm == "on", dropout=args.dropout, pool=args.pool,
-        atom_encoding=args.atom_encoding, task=args.task, n_outputs=2 if args.task == "classification" else 1,
+        atom_encoding=args.atom_encoding, readout=args.readout, task=args.task, n_outputs=2 if args.task == "classification" else 1,
     )
 
 
@@ -261,6 +264,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from cgcnn_lab.data.dataset import build_dataset
+    from cgcnn_lab.data.sources import load_dataset
+    from cgcnn_lab.explain import plot_contributions, site_contributions
+    from cgcnn_lab.predict import load_trained
+
+    data = _data_options(args)
+    raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, require_targets=False)
+    trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
+    dataset = build_dataset(raw, trained.graph_config, trained.encoding, data.cache_dir, data.use_cache, data.strict,
+                            data.jobs)
+    frame = site_contributions(trained, dataset)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    unit = trained.spec.get("unit", "target units")
+    if trained.transform is None:
+        unit = "log-odds"
+    elif trained.transform.per_atom:
+        unit = f"{unit}/atom"
+    crystal = args.structure or str(frame["id"].iloc[0])
+    plot = plot_contributions(frame, crystal, unit, out.with_name(f"{out.stem}_{crystal}.png"))
+    print(f"wrote {len(frame)} site contributions ({unit}) of {frame['id'].nunique()} crystals to {out}; plot {plot}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from cgcnn_lab.experiments import base_value, full_grid, load_sweep, one_at_a_time, parse_grid, compare
 
@@ -334,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("featurize", help="build (or reuse) the graph cache and report what was found")
     _add_data_options(p)
     p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("explain", help="per-site contributions of a model trained with --readout atom")
+    p.add_argument("model", help="run folder or .ckpt file")
+    _add_data_options(p, graph=False)
+    p.add_argument("--out", default="contributions.csv", help="CSV to write (default contributions.csv)")
+    p.add_argument("--structure", help="id of the crystal to plot (default: the first)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare", help="train many variants over several seeds on identical splits; report")
     _add_data_options(p)

@@ -49,6 +49,7 @@ FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "pool": ("model", "pool", str),
     "dropout": ("model", "dropout", float),
     "atom_encoding": ("model", "atom_encoding", str),
+    "readout": ("model", "readout", str),
     "max_nbr": ("data", "max_neighbors", int),
     "radius": ("data", "radius", float),
     "gaussian_step": ("data", "gaussian_step", float),

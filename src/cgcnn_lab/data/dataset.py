@@ -36,7 +36,7 @@ class CrystalDataset(torch.utils.data.Dataset):
         for i in range(len(g)):
             a0, a1, e0, e1 = (int(v) for v in (g.atom_ptr[i], g.atom_ptr[i + 1], g.edge_ptr[i], g.edge_ptr[i + 1]))
             d = Data(z=z[a0:a1], edge_index=ei[:, e0:e1], distance=dist[e0:e1], num_nodes=a1 - a0)
-            d.index = torch.tensor([i])
+            d.entry = torch.tensor([i])  # position in the dataset (not "index": PyG would offset it)
             if y is not None:
                 d.y = y[i : i + 1]
             self._data.append(d)

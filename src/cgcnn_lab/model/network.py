@@ -33,6 +33,7 @@ class ModelConfig:
     dropout: float = 0.0
     pool: str = "mean"
     atom_encoding: str = "fixed"  # "fixed": element feature table (cgcnn92 / atom_init.json); "learned": embedding
+    readout: str = "crystal"  # "crystal": pool, then the MLP (original); "atom": MLP per atom, then pool
     task: str = "regression"  # or "classification"
     n_outputs: int = 1  # targets (regression) or classes (classification)
     radius: float = 8.0  # Gaussian grid of the bond expansion, 0..radius
@@ -45,6 +46,7 @@ class ModelConfig:
             "pool": (self.pool, list(POOLING)),
             "task": (self.task, ["regression", "classification"]),
             "atom_encoding": (self.atom_encoding, ["fixed", "learned"]),
+            "readout": (self.readout, ["crystal", "atom"]),
         }
         for name, (value, choices) in checks.items():
             if value not in choices:
@@ -108,19 +110,28 @@ class CGCNN(nn.Module):
             x = conv(x, batch.edge_index, edge_attr)
         return x
 
-    def readout(self, crystal: torch.Tensor) -> torch.Tensor:
-        """Pooled crystal features -> outputs (the original applies the activation before conv_to_fc too)."""
-        h = self.act(self.conv_to_fc(self.act(crystal)))
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Features -> raw outputs (the original applies the activation before conv_to_fc too)."""
+        h = self.act(self.conv_to_fc(self.act(h)))
         h = self.dropout(h)
         for fc in self.fcs:
             h = self.act(fc(h))
-        out = self.fc_out(h)
-        return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
+        return self.fc_out(h)
+
+    def site_outputs(self, batch) -> torch.Tensor:
+        """Per-atom raw outputs [N, n_outputs] of an ``readout="atom"`` model: pooling them gives the prediction,
+        so each is the site's contribution (the CGCNN paper's interpretability analysis)."""
+        if self.config.readout != "atom":
+            raise ValueError("per-site contributions need a model trained with readout='atom' (--readout atom)")
+        return self.head(self.atom_features(batch))
 
     def forward(self, batch) -> torch.Tensor:
-        x = self.atom_features(batch)
         n_crystals = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
-        return self.readout(self.pool(x, batch.batch, n_crystals))
+        if self.config.readout == "atom":
+            out = self.pool(self.site_outputs(batch), batch.batch, n_crystals)
+        else:
+            out = self.head(self.pool(self.atom_features(batch), batch.batch, n_crystals))
+        return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
