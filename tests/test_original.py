@@ -4,8 +4,6 @@ safely, the original's neighbour padding, and export to the format (round trip a
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,19 +117,11 @@ def _original_like(args) -> dict:
             "optimizer": {}, "normalizer": {"mean": 0.0, "std": 1.0}, "args": args}
 
 
-def test_original_format_with_code_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.pth.tar"
-    with open(path, "wb") as f:
-        pickle.dump(_original_like(Exploit()), f)
+def test_original_format_with_code_is_refused(tmp_path, write_exploit):
+    path = write_exploit(tmp_path / "evil.pth.tar", _original_like)
     with pytest.raises(CheckpointError, match="refused"):
         load_trained(path, atom_init=ATOM_INIT)
-    assert not marker.exists()
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_namespace_args_are_refused_with_the_conversion(tmp_path):

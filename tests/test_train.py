@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -161,21 +159,13 @@ def test_python_structures_per_atom(tmp_path, cache):
     assert result.metrics["test_mae"] > result.metrics["test_mae_per_atom"]
 
 
-def test_malicious_checkpoint_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.ckpt"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": {}, "payload": Exploit()}, f)
+def test_malicious_checkpoint_is_refused(tmp_path, write_exploit):
+    path = write_exploit(tmp_path / "evil.ckpt", lambda payload: {"state_dict": {}, "payload": payload})
     with pytest.raises(CheckpointError, match="refused"):
         safe_load(path)
     with pytest.raises(CheckpointError):
         load_trained(path)
-    assert not marker.exists()
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_not_our_checkpoint(tmp_path):

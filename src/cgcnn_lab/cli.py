@@ -291,7 +291,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cgcnn_lab.experiments import base_value, full_grid, load_sweep, one_at_a_time, parse_grid, compare
+    from cgcnn_lab.experiments import base_value, compare, full_grid, load_sweep, one_at_a_time, parse_grid
 
     grid, mode, n_seeds = parse_grid(args.grid), args.mode, args.seeds
     if args.sweep:

@@ -13,10 +13,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -290,7 +290,7 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
 
     from cgcnn_lab.train import plots
 
-    metric, label, lower = _metric(results)
+    metric, label, _ = _metric(results)
     figures = []
     # test error per variant, with error bars over seeds
     fig = Figure(figsize=(max(5.0, 0.55 * len(summary) + 2), 4.2), dpi=120)
@@ -339,7 +339,7 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
 
 def write_report(out: Path, results: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                  variants: list[Variant], seeds: list[int], seconds: float) -> None:
-    metric, label, lower = _metric(results)
+    metric, label, _ = _metric(results)
     best = summary.index[0]
     lines = [
         "# Experiment report",

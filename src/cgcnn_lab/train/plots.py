@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 
 def learning_curve(metrics: pd.DataFrame, metric: str, ylabel: str, path: Path, log: bool = False) -> Path | None:
