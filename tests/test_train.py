@@ -81,6 +81,18 @@ def test_checkpoint_round_trip_predicts_identically(table, cache, tmp_path):
     pred = pd.read_csv(out_csv).set_index("id").loc[saved.id]
     np.testing.assert_allclose(pred["prediction"].to_numpy(), saved["prediction"].to_numpy(), rtol=0, atol=1e-5)
 
+    # a CGCNN folder without targets (ids only): predictions, no metrics
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rows = pd.read_csv(table).set_index("id").loc[saved.id[:3]]
+    for crystal_id, cif in rows["structure"].items():
+        (folder / f"{crystal_id}.cif").write_text(cif)
+    (folder / "id_prop.csv").write_text("\n".join(rows.index) + "\n")
+    assert main(["predict", str(result.out), str(folder), "--out", str(out_csv), "--cache-dir", cache]) == 0
+    unlabelled = pd.read_csv(out_csv)
+    assert list(unlabelled.columns) == ["id", "prediction"]
+    np.testing.assert_allclose(unlabelled["prediction"], saved["prediction"][:3], atol=1e-5)
+
     # from Python, on pymatgen structures: the same numbers again
     from pymatgen.core import Structure
 
