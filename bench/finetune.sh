@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Fine-tuning the published CGCNN models vs training from scratch (same architecture, same split, 3 seeds).
+#   bash bench/finetune.sh [OUT_DIR]      (about 25 minutes on 2 CPU cores)
+# Results: OUT_DIR/finetune-mp/summary.md and OUT_DIR/finetune-course/summary.md (recorded in BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/bench}
+shared=../shared
+pretrained=$shared/pretrained/cgcnn-original
+atom_init=$shared/data/homework/perovskite_energy/atom_init.json   # the original element encoding
+
+# Materials Project perovskites, formation energy per atom: scratch vs formation-energy-per-atom.pth.tar
+.venv/bin/cgcnn-lab compare $shared/data/mp_perovskites.csv.gz --target e_form_per_atom --unit eV/atom \
+    --atom-init $atom_init --n-conv 4 --h-fea-len 32 --epochs 100 --seeds 3 --parallel 2 --no-progress \
+    --grid init_from=scratch,$pretrained/formation-energy-per-atom.pth.tar --out "$out/finetune-mp"
+
+# Course perovskites per atom: scratch vs final-energy-per-atom.pth.tar, with and without element references
+.venv/bin/cgcnn-lab compare $shared/data/homework/perovskite_energy --per-atom --unit eV \
+    --n-conv 4 --h-fea-len 32 --epochs 100 --seeds 3 --parallel 2 --no-progress \
+    --grid init_from=scratch,$pretrained/final-energy-per-atom.pth.tar --grid element_ref=on,off \
+    --out "$out/finetune-course"

@@ -1,0 +1,62 @@
+"""Time (and optionally profile) one training epoch of the gated model on the course perovskites, without
+Lightning: model forward + backward + optimiser step over the training-sized set.
+
+    .venv/bin/python bench/profile_epoch.py [--data DIR] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch_geometric.loader import DataLoader
+
+from cgcnn_lab.data.dataset import build_dataset
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.graph import GraphConfig
+from cgcnn_lab.data.sources import load_dataset
+from cgcnn_lab.model.network import CGCNN, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/homework/perovskite_energy"))
+    p.add_argument("--profile", action="store_true", help="print the torch.profiler table of one epoch")
+    args = p.parse_args()
+    raw = load_dataset(args.data)
+    encoding = ElementEncoding.from_atom_init(raw.atom_init) if raw.atom_init else ElementEncoding.cgcnn92()
+    dataset = build_dataset(raw, GraphConfig(), encoding)
+    items = [dataset[i] for i in range(int(0.8 * len(dataset)))]
+    torch.manual_seed(0)
+    batches = list(DataLoader(items, batch_size=64, shuffle=True))
+    model = CGCNN(ModelConfig(), encoding.table)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        for b in batches:
+            loss = ((model(b) - b.y) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start
+
+    epoch()  # warm-up
+    times = [epoch() for _ in range(3)]
+    atoms = sum(b.num_nodes for b in batches)
+    print(f"{len(items)} crystals, {atoms} atoms: {min(times):.3f} s per epoch (best of 3), "
+          f"{len(items) / min(times):.0f} crystals/s, {torch.get_num_threads()} threads")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            epoch()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
