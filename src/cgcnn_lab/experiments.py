@@ -78,8 +78,18 @@ class Variant:
         return ",".join(f"{k}={v}" for k, v in self.settings) or "base"
 
     @property
+    def label(self) -> str:
+        return short_name(self.name)
+
+    @property
     def folder(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.name.replace(",", "__").replace("=", "-"))
+
+
+def short_name(name: str) -> str:
+    """A variant name for tables and plots: file path values (e.g. init_from) shown by their file name."""
+    parts = [p.partition("=") for p in name.split(",")]
+    return ",".join(k + s + (Path(v).name.removesuffix(".pth.tar") if "/" in v else v) for k, s, v in parts)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -280,7 +290,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     label = metric.replace("_", " ")
     lines = [f"| variant | {label} (mean ± std) | seeds | train time (s) | parameters |", "|---|---|---|---|---|"]
     for name, r in summary.iterrows():
-        lines.append(f"| {name} | {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f} | {int(r['seeds'])} | "
+        lines.append(f"| {short_name(str(name))} | {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f} | {int(r['seeds'])} | "
                      f"{r['seconds_mean']:.0f} | {int(r['n_parameters_mean']):,} |")
     return "\n".join(lines) + "\n"
 
@@ -293,16 +303,18 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
     metric, label, _ = _metric(results)
     figures = []
     # test error per variant, with error bars over seeds
-    fig = Figure(figsize=(max(5.0, 0.55 * len(summary) + 2), 4.2), dpi=120)
+    shown = [v for v in variants if v.name in summary.index]
+    names = [v.name for v in shown]
+    fig = Figure(figsize=(7.0, 1.2 + 0.35 * len(names)), dpi=120)
     ax = fig.subplots()
-    names = [v.name for v in variants if v.name in summary.index]
     means = summary.loc[names, f"{metric}_mean"]
     stds = summary.loc[names, f"{metric}_std"]
-    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(label)
+    ax.barh(range(len(names)), means, xerr=stds, capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_yticks(range(len(names)), [v.label for v in shown], fontsize=8)
+    ax.invert_yaxis()  # first variant on top, as in the command
+    ax.set_xlabel(label)
     ax.set_title(f"{label}: mean ± std over {int(summary['seeds'].max())} seeds", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "test_error.png")
     figures.append(out / "test_error.png")
@@ -310,13 +322,14 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
     curve_metric = "val_mae" if "test_mae" in results else "val_loss"
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
-    for name in names:
-        curves = [pd.read_csv(Path(r) / "metrics.csv") for r in results.loc[results.variant == name, "run"]]
-        curves = [c for c in curves if curve_metric in c]
+    for variant in shown:
+        runs = results.loc[results.variant == variant.name, "run"]
+        curves = [c for c in (pd.read_csv(Path(r) / "metrics.csv") for r in runs) if curve_metric in c]
         if not curves:
             continue
         n = min(len(c) for c in curves)
-        ax.plot(curves[0]["epoch"][:n], np.mean([c[curve_metric][:n] for c in curves], axis=0), label=name, lw=1.2)
+        ax.plot(curves[0]["epoch"][:n], np.mean([c[curve_metric][:n] for c in curves], axis=0), label=variant.label,
+                lw=1.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(curve_metric.replace("_", " "))
     ax.set_yscale("log")
@@ -331,7 +344,8 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
         run = Path(results.loc[results.variant == best, "run"].iloc[0])
         frame = pd.read_csv(run / "test_results.csv")
         unit = results["unit"].iloc[0]  # test_results.csv is in the target's own unit (totals with --per-atom)
-        plots.parity(frame["target"].to_numpy(), frame["prediction"].to_numpy(), unit, f"best: {best}",
+        best_label = next((v.label for v in variants if v.name == best), best)
+        plots.parity(frame["target"].to_numpy(), frame["prediction"].to_numpy(), unit, f"best: {best_label}",
                      out / "parity_best.png")
         figures.append(out / "parity_best.png")
     return figures
@@ -347,7 +361,7 @@ def write_report(out: Path, results: pd.DataFrame, summary: pd.DataFrame, figure
         f"{len(variants)} variants × {len(seeds)} seeds (seeds {seeds}); every variant uses the same "
         "train/validation/test split. Each row of `results.csv` is one run folder under `runs/`.",
         "",
-        f"Best by {label}: **{best}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
+        f"Best by {label}: **{short_name(str(best))}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
         f"{summary.loc[best, f'{metric}_std']:.4f}).",
         "",
         summary_markdown(summary),
