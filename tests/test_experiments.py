@@ -80,3 +80,10 @@ def test_compare_end_to_end_skips_finished_and_shares_splits(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # repeated: nothing is trained again
     assert "4 done already, 0 to train" in capsys.readouterr().out
+
+    # a report of what has finished, training nothing (here: everything)
+    capsys.readouterr()
+    assert main([*argv, "--report-only"]) == 0
+    assert "0 to train" in capsys.readouterr().out
+    empty = tmp_path / "nothing"
+    assert main([*argv[:-5], "--out", str(empty), "--cache-dir", str(tmp_path / "cache"), "--report-only"]) == 2

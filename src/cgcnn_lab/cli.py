@@ -308,7 +308,7 @@ def cmd_compare(args) -> int:
     else:
         variants = full_grid(grid)
     seeds = [opts.seed + k for k in range(n_seeds)]
-    compare(data, model, opts, variants, seeds, opts.out, jobs=args.parallel)
+    compare(data, model, opts, variants, seeds, opts.out, jobs=args.parallel, report_only=args.report_only)
     return 0
 
 
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep", help="TOML/YAML sweep file: grid, mode, seeds")
     g.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     g.add_argument("--parallel", type=int, default=1, metavar="N", help="variants trained in N processes")
+    g.add_argument("--report-only", action="store_true",
+                   help="train nothing: summarise the runs that have finished (e.g. of a sweep still running)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="generate an offline dataset from physics and train on it (about a minute)")

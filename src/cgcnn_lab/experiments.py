@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -199,6 +199,7 @@ def compare(
     out: str | Path,
     jobs: int = 1,
     log=print,
+    report_only: bool = False,
 ) -> pd.DataFrame:
     """Train every variant × seed (skipping finished ones), then write results.csv, summary.md, plots, report.md."""
     out = Path(out)
@@ -212,6 +213,11 @@ def compare(
                 rows.append(_row(variant, seed, run_dir, json.loads((run_dir / "metrics.json").read_text())))
             else:
                 todo.append((variant, seed))
+    if report_only:  # summarise what has finished (e.g. while a long sweep is still running)
+        if not rows:
+            raise ValueError(f"{out}: no finished runs to report")
+        done = {r["variant"] for r in rows}
+        variants, todo = [v for v in variants if v.name in done], []
     log(f"{len(variants)} variants × {len(seeds)} seeds: {len(rows)} done already, {len(todo)} to train"
         f"{f' in {jobs} processes' if jobs > 1 and todo else ''}")
     _warm_cache(data, variants, model, opts)
@@ -222,7 +228,9 @@ def compare(
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            for k, row in enumerate(pool.map(_run_one, jobs_args), 1):
+            futures = [pool.submit(_run_one, job) for job in jobs_args]
+            for k, future in enumerate(as_completed(futures), 1):
+                row = future.result()
                 rows.append(row)
                 log(f"[{k}/{len(todo)}] {row['variant']} seed {row['seed']}: {_headline(row)}")
     else:
