@@ -17,6 +17,7 @@ from torch_geometric.loader import DataLoader
 
 from cgcnn_lab.data.elements import element_symbol
 from cgcnn_lab.predict import TrainedModel
+from cgcnn_lab.train.targets import TargetTransform
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def site_contributions(trained: TrainedModel, dataset, batch_size: int = 256) ->
     frames = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         raw = model.site_outputs(batch)  # [N, T]
-        sizes = (batch.ptr[1:] - batch.ptr[:-1]).to(raw.dtype)[batch.batch].unsqueeze(1)
+        sizes = TargetTransform.sizes(batch).to(raw.dtype)[batch.batch]  # atoms of each site's crystal, [N, 1]
         if transform is None:  # classification: contribution to the log-odds of class 1 (or of the top class)
             contribution = raw[:, 1] - raw[:, 0] if raw.shape[1] == 2 else raw.max(1).values
             contribution = contribution.unsqueeze(1)

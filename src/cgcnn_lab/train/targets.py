@@ -72,9 +72,8 @@ class TargetTransform:
         if self.element_ref is None:
             return 0.0
         ref = like.new_tensor(self.element_ref)[batch.z]  # [N, T]
-        sizes = (batch.ptr[1:] - batch.ptr[:-1]).to(like.dtype)
         total = like.new_zeros((int(batch.num_graphs), ref.shape[1])).index_add_(0, batch.batch, ref)
-        return total / sizes.unsqueeze(1)
+        return total / self.sizes(batch).to(like.dtype)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return like.new_tensor(self.mean), like.new_tensor(self.std)
