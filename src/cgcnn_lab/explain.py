@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch_geometric.loader import DataLoader
 
 from cgcnn_lab.data.elements import element_symbol
 from cgcnn_lab.predict import TrainedModel
@@ -31,7 +30,7 @@ def site_contributions(trained: TrainedModel, dataset, batch_size: int = 256) ->
         )
     model.eval()
     frames = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in dataset.loader(batch_size=batch_size, collapse=model.merges_edges):
         raw = model.site_outputs(batch)  # [N, T]
         sizes = TargetTransform.sizes(batch).to(raw.dtype)[batch.batch]  # atoms of each site's crystal, [N, 1]
         if transform is None:  # classification: contribution to the log-odds of class 1 (or of the top class)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_geometric.loader import DataLoader
 
 from cgcnn_lab.data.dataset import CrystalDataset
 from cgcnn_lab.data.elements import ElementEncoding
@@ -140,20 +139,22 @@ def load_trained(model: str | Path, atom_init: str | Path | None = None) -> Trai
 
 @torch.no_grad()
 def predict_outputs(
-    model: CGCNN, dataset: CrystalDataset | list, transform: TargetTransform | None, batch_size: int = 256
+    model: CGCNN, dataset: CrystalDataset, transform: TargetTransform | None, batch_size: int = 256, subset=None
 ) -> np.ndarray:
-    """Predictions in the data's unit (regression: [S, T]; classification: class probabilities [S, K])."""
+    """Predictions in the data's unit (regression: [S, T]; classification: class probabilities [S, K]) for the
+    crystals ``subset`` (positions; default all), in that order."""
     was_training = model.training
     model.eval()
     outputs = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    device = next(model.parameters()).device
+    for batch in dataset.loader(subset, batch_size, collapse=model.merges_edges, device=str(device)):
         out = model(batch)
         if transform is None:
             outputs.append(out.exp())
         else:
             outputs.append(transform.decode(out, batch))
     model.train(was_training)
-    return torch.cat(outputs).double().numpy() if outputs else np.zeros((0, 1))
+    return torch.cat(outputs).double().cpu().numpy() if outputs else np.zeros((0, 1))
 
 
 def predict_structures(model: str | Path, structures, ids=None, atom_init: str | Path | None = None) -> np.ndarray:

@@ -26,26 +26,32 @@ class CrystalDataset(torch.utils.data.Dataset):
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        g = self.graphs
-        y = None if self.targets is None else torch.as_tensor(self.targets, dtype=torch.float32)
-        z = torch.from_numpy(g.z)
-        ei = torch.from_numpy(g.edge_index)
-        dist = torch.from_numpy(g.distance)
-        self._data = []
-        for i in range(len(g)):
-            a0, a1, e0, e1 = (int(v) for v in (g.atom_ptr[i], g.atom_ptr[i + 1], g.edge_ptr[i], g.edge_ptr[i + 1]))
-            d = Data(z=z[a0:a1], edge_index=ei[:, e0:e1], distance=dist[e0:e1], num_nodes=a1 - a0)
-            d.entry = torch.tensor([i])  # position in the dataset (not "index": PyG would offset it)
-            if y is not None:
-                d.y = y[i : i + 1]
-            self._data.append(d)
-
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.graphs)
 
     def __getitem__(self, i: int) -> Data:
-        return self._data[i]
+        """One crystal as a PyG ``Data`` (for inspection and for PyG tools; training slices the packed arrays)."""
+        g = self.graphs
+        if not -len(g) <= i < len(g):
+            raise IndexError(f"crystal {i} out of range for {len(g)} crystals")
+        i = int(i) % len(g)
+        a0, a1, e0, e1 = (int(v) for v in (g.atom_ptr[i], g.atom_ptr[i + 1], g.edge_ptr[i], g.edge_ptr[i + 1]))
+        d = Data(z=torch.from_numpy(g.z[a0:a1]), edge_index=torch.from_numpy(g.edge_index[:, e0:e1]),
+                 distance=torch.from_numpy(g.distance[e0:e1]), num_nodes=a1 - a0)
+        d.entry = torch.tensor([i])  # position in the dataset (not "index": PyG would offset it)
+        if self.targets is not None:
+            d.y = torch.as_tensor(self.targets[i : i + 1], dtype=torch.float32)
+        return d
+
+    def loader(
+        self, subset=None, batch_size: int = 256, shuffle: bool = False, seed: int = 0, collapse: bool = False,
+        targets: np.ndarray | None = None, device: str = "cpu",
+    ):
+        """Batches of ``subset`` (positions; default all) sliced from the packed arrays (data/batching.py)."""
+        from cgcnn_lab.data.batching import PackedGraphs, PackedLoader
+
+        packed = PackedGraphs(self.graphs, self.targets if targets is None else targets, device, collapse)
+        return PackedLoader(packed, subset, batch_size, shuffle, seed)
 
     @property
     def ids(self) -> np.ndarray:

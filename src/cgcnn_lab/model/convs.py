@@ -1,7 +1,11 @@
 """Graph convolutions over crystal graphs. A new convolution is one class plus one ``CONVOLUTIONS`` entry.
 
 Every layer maps atom features ``x`` [N, A] to new atom features [N, A], given directed edges
-``edge_index`` [2, E] (row 0: neighbour j, row 1: centre i) and bond features ``edge_attr`` [E, B].
+``edge_index`` [2, E] (row 0: neighbour j, row 1: centre i) and bond features ``edge_attr``. Bond features are
+passed *deduplicated*: ``edge_attr`` [U, B] holds one row per distinct distance and ``edge_inverse`` [E] names
+each edge's row. A crystal graph has far fewer distinct distances than edges (every bond appears as i→j and j→i,
+and symmetry repeats them: 7,680 edges but 1,598 distances in a batch of 128 Castelli cells), so work that
+depends on the bond alone is done ~5x less often. ``per_edge`` expands it back for layers that need E rows.
 """
 
 from __future__ import annotations
@@ -34,10 +38,40 @@ def batch_norm(dim: int, enabled: bool) -> nn.Module:
     return nn.BatchNorm1d(dim) if enabled else nn.Identity()
 
 
-def sum_over_neighbors(messages: torch.Tensor, center: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """Σ_j messages_ij for every centre i (deterministic on CPU)."""
+def per_edge(edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None) -> torch.Tensor:
+    """Bond features [E, B] from the deduplicated rows (or as they are, when not deduplicated)."""
+    return edge_attr if edge_inverse is None else edge_attr.index_select(0, edge_inverse)
+
+
+def sum_over_neighbors(
+    messages: torch.Tensor, center: torch.Tensor, n_atoms: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_j messages_ij for every centre i (deterministic on CPU); a merged edge counts ``weight`` times."""
+    if weight is not None:
+        messages = messages * weight.unsqueeze(1)
     out = messages.new_zeros((n_atoms, messages.shape[1]))
     return out.index_add_(0, center, messages)
+
+
+def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None) -> torch.Tensor:
+    """Batch norm over edges where a merged edge stands for ``weight`` identical edges.
+
+    Training statistics are the multiplicity-weighted mean and (biased) variance, and the running estimates get
+    the unbiased one, exactly what ``nn.BatchNorm1d`` computes on the unmerged edges. Evaluation needs no weights.
+    """
+    if weight is None or not isinstance(bn, nn.BatchNorm1d) or not bn.training:
+        return bn(x)
+    w = weight.unsqueeze(0)  # [1, E]
+    total = weight.sum()
+    mean = (w @ x) / total  # [1, C]: a GEMV instead of elementwise passes
+    centred = x - mean
+    var = (w @ (centred * centred)) / total
+    scale = torch.rsqrt(var + bn.eps) * bn.weight
+    with torch.no_grad():
+        bn.num_batches_tracked += 1
+        bn.running_mean.lerp_(mean[0], bn.momentum)
+        bn.running_var.lerp_(var[0] * total / (total - 1).clamp_min(1), bn.momentum)
+    return torch.addcmul(bn.bias, centred, scale)
 
 
 class GatedConv(nn.Module):
@@ -49,7 +83,8 @@ class GatedConv(nn.Module):
     The filter and core weights are one ``Linear(2A + B -> 2A)`` (``fc_full``) followed by batch norm, as in
     the original code, so original checkpoints load as they are. Since a Linear over a concatenation is a sum
     of Linears over its parts, the v_i and v_j parts are computed once per *atom* and gathered per edge:
-    the same function as the original with about 3x fewer FLOPs (12 edges per atom).
+    the same function as the original with about 3x fewer FLOPs (12 edges per atom). Likewise the bond part is
+    computed once per distinct distance.
     """
 
     def __init__(self, atom_dim: int, edge_dim: int, act: str = "softplus", batchnorm: bool = True) -> None:
@@ -61,19 +96,22 @@ class GatedConv(nn.Module):
         self.core_act = activation(act)
         self.out_act = activation(act)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         a = self.atom_dim
         neighbor, center = edge_index
         w = self.fc_full.weight  # [2A, 2A + B]
         from_center = x @ w[:, :a].T  # [N, 2A]
         from_neighbor = x @ w[:, a : 2 * a].T  # [N, 2A]
-        per_edge = torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T)  # [E, 2A]
+        from_bond = per_edge(torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T), edge_inverse)  # [E, 2A]
         # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
-        gated = per_edge + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
-        gated = self.bn1(gated)
+        gated = from_bond + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
+        gated = edge_batch_norm(gated, self.bn1, edge_weight)
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
         messages = torch.sigmoid(nbr_filter) * self.core_act(nbr_core)
-        summed = self.bn2(sum_over_neighbors(messages, center, x.shape[0]))
+        summed = self.bn2(sum_over_neighbors(messages, center, x.shape[0], edge_weight))
         return self.out_act(x + summed)
 
 
@@ -93,9 +131,15 @@ class SharedConv(nn.Module):
         self.bn = batch_norm(atom_dim, batchnorm)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         neighbor, center = edge_index
-        summed = sum_over_neighbors(torch.cat([x.index_select(0, neighbor), edge_attr], dim=1), center, x.shape[0])
+        bonds = per_edge(edge_attr, edge_inverse)
+        summed = sum_over_neighbors(
+            torch.cat([x.index_select(0, neighbor), bonds], dim=1), center, x.shape[0], edge_weight
+        )
         return self.act(self.bn(self.lin_neighbors(summed) + self.lin_self(x)))
 
 
@@ -104,7 +148,8 @@ class PyGConv(nn.Module):
 
         v_i' = g(v_i + BN(conv(v, edges, u)_i))
 
-    so that a comparison measures the message function, not a missing residual or normalisation.
+    so that a comparison measures the message function, not a missing residual or normalisation. PyG layers
+    take no edge multiplicities (attention normalises over the real edges), so merged edges are expanded back.
     """
 
     def __init__(self, kind: str, atom_dim: int, edge_dim: int, act: str = "softplus", batchnorm: bool = True) -> None:
@@ -113,8 +158,15 @@ class PyGConv(nn.Module):
         self.bn = batch_norm(atom_dim, batchnorm)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.bn(self.conv(x, edge_index, edge_attr)))
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        bonds = per_edge(edge_attr, edge_inverse)
+        if edge_weight is not None:
+            repeats = edge_weight.long()
+            edge_index, bonds = edge_index.repeat_interleave(repeats, dim=1), bonds.repeat_interleave(repeats, dim=0)
+        return self.act(x + self.bn(self.conv(x, edge_index, bonds)))
 
 
 def _pyg_layer(kind: str, a: int, b: int) -> nn.Module:

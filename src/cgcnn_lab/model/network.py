@@ -105,9 +105,13 @@ class CGCNN(nn.Module):
             x = self.embedding(self.element_table[batch.z])
         else:
             x = self.embedding(batch.z)
-        edge_attr = self.expansion(batch.distance)
+        if not self.convs:
+            return x
+        distances, inverse = torch.unique(batch.distance, return_inverse=True)  # see convs.py: deduplicated bonds
+        edge_attr = self.expansion(distances)
+        weight = getattr(batch, "edge_weight", None)  # multiplicities of merged edges (data/batching.py)
         for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr)
+            x = conv(x, batch.edge_index, edge_attr, inverse, weight)
         return x
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -132,6 +136,12 @@ class CGCNN(nn.Module):
         else:
             out = self.head(self.pool(self.atom_features(batch), batch.batch, n_crystals))
         return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
+
+    @property
+    def merges_edges(self) -> bool:
+        """Whether repeated edges may be merged into weighted ones for this model (data/batching.py): the gated and
+        shared layers weight by multiplicity; PyG layers would expand them again, so they get plain edges."""
+        return self.config.conv in ("gated", "shared", "none")
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

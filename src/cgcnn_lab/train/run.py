@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cgcnn_lab.data.batching import PackedGraphs, PackedLoader
 from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig
@@ -230,8 +231,6 @@ def train(
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from torch_geometric.loader import DataLoader
-
     quiet_lightning()
     start = time.perf_counter()
     out = Path(opts.out)
@@ -272,11 +271,11 @@ def train(
         labels = class_labels(targets, data.threshold, str(data.source))
         n_classes = max(int(labels.max()) + 1, model_cfg.n_outputs, 2)
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": n_classes})
-        for d, label in zip(dataset, labels):
-            d.y = torch.tensor([[float(label)]])
+        train_targets = labels[:, None].astype(np.float64)
         transform = None
     else:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": targets.shape[1]})
+        train_targets = targets
         train_graphs = dataset.graphs.select(split.train)
         transform = TargetTransform.fit(
             targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.use_element_ref
@@ -310,11 +309,9 @@ def train(
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
         f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
-    generator = torch.Generator().manual_seed(opts.seed)
-    subset = lambda idx: [dataset[int(i)] for i in idx]
-    train_loader = DataLoader(subset(split.train), batch_size=opts.batch_size, shuffle=True, generator=generator,
-                              drop_last=len(split.train) > opts.batch_size and len(split.train) % opts.batch_size == 1)
-    val_loader = DataLoader(subset(split.val), batch_size=max(opts.batch_size, 256))
+    packed = PackedGraphs(dataset.graphs, train_targets, collapse=module.model.merges_edges)
+    train_loader = PackedLoader(packed, split.train, opts.batch_size, shuffle=True, seed=opts.seed)
+    val_loader = PackedLoader(packed, split.val, max(opts.batch_size, 256))
     monitor = "val_mae" if transform is not None else "val_loss"
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True,
@@ -341,15 +338,14 @@ def train(
     best = load_trained(ckpt_dir / "best.ckpt")
     eval_idx = split.test if len(split.test) else split.val
     eval_name = "test" if len(split.test) else "val"
-    eval_set = subset(eval_idx)
-    pred = predict_outputs(best.model, eval_set, best.transform)
+    pred = predict_outputs(best.model, dataset, best.transform, subset=eval_idx)
     ids = dataset.ids[eval_idx]
     metrics: dict = {"split": eval_name, "n_test": len(eval_idx), "unit": unit, "seconds": round(train_seconds, 2),
                      "epochs_run": int(trainer.current_epoch), "best_epoch": _best_epoch(out / "metrics.csv", monitor),
                      f"best_{monitor}": _best_value(out / "metrics.csv", monitor),
                      "n_parameters": module.model.n_parameters()}
     if transform is None:
-        y = np.array([int(d.y.item()) for d in eval_set])
+        y = train_targets[eval_idx, 0].astype(np.int64)
         metrics.update({f"test_{k}": v for k, v in classification_metrics(y, pred).items()})
         frame = pd.DataFrame({"id": ids, "target": y, "prediction": pred[:, 1] if pred.shape[1] == 2 else pred.argmax(1)})
         for k in range(pred.shape[1]):

@@ -1,0 +1,175 @@
+"""Mini-batches sliced straight out of the packed graph arrays.
+
+A batch is the same disjoint union PyTorch Geometric builds (``z``, ``edge_index`` with atom offsets, ``batch``,
+``ptr``), but made with a handful of vectorised index operations on the packed tensors instead of collating
+one ``Data`` object per crystal. Measured on the Castelli set (batch 128, 5-atom cells, 2 cores): PyG's
+``Collater`` costs ~5 ms per batch, the slicing here ~0.2 ms — on small crystals collation was a third of an
+epoch. The packed tensors can live on the GPU, so batches are built there with no host round trip.
+
+Repeated edges are merged. In a periodic crystal an atom often sees several images of the same neighbour at
+exactly the same distance (a cubic ABX3 cell: the A atom's 12 nearest X are 3 sites x 4 images); those edges carry
+identical messages. ``PackedGraphs(collapse=True)`` keeps one edge per (centre, neighbour, distance) with its
+multiplicity as ``edge_weight``, and the layers weight sums and batch-norm statistics by it: the same function
+with 2.25x fewer edges on the Castelli set (1.15x on the course set).
+
+Shuffling is a function of (seed, epoch) only, set by Lightning through ``sampler.set_epoch``: a resumed run
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CrystalBatch:
+    """A batch of crystals in PyG layout. Lightning moves it between devices through ``to``."""
+
+    z: torch.Tensor  # [N] atomic numbers
+    edge_index: torch.Tensor  # [2, E] (neighbour, centre), offset into the batch's atoms
+    distance: torch.Tensor  # [E] Å
+    batch: torch.Tensor  # [N] crystal of each atom, 0..B-1
+    ptr: torch.Tensor  # [B+1] atom offsets
+    entry: torch.Tensor  # [B] position of each crystal in its dataset
+    y: torch.Tensor | None = None  # [B, T]
+    edge_weight: torch.Tensor | None = None  # [E] multiplicity of each (merged) edge; None: every edge counts once
+
+    @property
+    def num_graphs(self) -> int:
+        return self.ptr.shape[0] - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return self.z.shape[0]
+
+    def to(self, device, non_blocking: bool = False) -> CrystalBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return CrystalBatch(**{k: None if v is None else v.to(device, non_blocking=non_blocking) for k, v in moved.items()})
+
+
+def concatenated_ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """cat([arange(s, s + c) for s, c in zip(starts, counts)]) without a Python loop."""
+    ends = torch.cumsum(counts, 0)
+    shift = torch.repeat_interleave(starts - (ends - counts), counts)
+    return torch.arange(int(ends[-1]) if len(ends) else 0, device=starts.device) + shift
+
+
+def merge_repeated_edges(
+    edge_index: np.ndarray, distance: np.ndarray, edge_ptr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One edge per (crystal, centre, neighbour, distance), with its multiplicity; edges stay grouped by centre.
+
+    Returns (edge_index [2, E'], distance [E'], edge_ptr [S+1], weight [E']).
+    """
+    n_edges = np.diff(edge_ptr)
+    crystal = np.repeat(np.arange(len(n_edges)), n_edges)
+    bits = np.ascontiguousarray(distance, dtype=np.float32).view(np.int32)  # exact equality, sortable as keys
+    order = np.lexsort((bits, edge_index[0], edge_index[1], crystal))
+    keys = np.stack([crystal[order], edge_index[1][order], edge_index[0][order], bits[order]])
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (keys[:, 1:] != keys[:, :-1]).any(axis=0)
+    starts = np.flatnonzero(first)
+    weight = np.diff(np.append(starts, len(order)))
+    kept = order[starts]
+    new_ptr = np.zeros_like(edge_ptr)
+    np.cumsum(np.bincount(crystal[kept], minlength=len(n_edges)), out=new_ptr[1:])
+    return edge_index[:, kept], distance[kept], new_ptr, weight
+
+
+class PackedGraphs:
+    """The packed arrays of a :class:`~cgcnn_lab.data.featurize.GraphSet` (+ targets) as tensors on one device.
+
+    ``collapse=True`` merges repeated edges (module docstring); use it for layers that take ``edge_weight``.
+    """
+
+    def __init__(
+        self, graphs, targets: np.ndarray | torch.Tensor | None = None, device: str | torch.device = "cpu",
+        collapse: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        as_t = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype).to(self.device)
+        edge_index, distance, edge_ptr = graphs.edge_index, graphs.distance, graphs.edge_ptr
+        self.edge_weight = None
+        if collapse and len(distance):
+            edge_index, distance, edge_ptr, weight = merge_repeated_edges(edge_index, distance, edge_ptr)
+            self.edge_weight = as_t(weight, torch.float32)
+        self.z = as_t(graphs.z, torch.long)
+        self.atom_ptr = as_t(graphs.atom_ptr, torch.long)
+        self.edge_ptr = as_t(edge_ptr, torch.long)
+        self.edge_index = as_t(edge_index, torch.long)
+        self.distance = as_t(distance, torch.float32)
+        self.y = None if targets is None else as_t(targets, torch.float32).reshape(len(graphs), -1)
+
+    def __len__(self) -> int:
+        return self.atom_ptr.shape[0] - 1
+
+    def batch(self, index: torch.Tensor) -> CrystalBatch:
+        """The crystals ``index`` (positions, any order) as one batch."""
+        index = index.to(self.device)
+        a0, e0 = self.atom_ptr[index], self.edge_ptr[index]
+        n_atoms, n_edges = self.atom_ptr[index + 1] - a0, self.edge_ptr[index + 1] - e0
+        atoms = concatenated_ranges(a0, n_atoms)
+        edges = concatenated_ranges(e0, n_edges)
+        ptr = torch.zeros(len(index) + 1, dtype=torch.long, device=self.device)
+        torch.cumsum(n_atoms, 0, out=ptr[1:])
+        shift = torch.repeat_interleave(ptr[:-1], n_edges)
+        return CrystalBatch(
+            z=self.z[atoms],
+            edge_index=self.edge_index[:, edges] + shift,
+            distance=self.distance[edges],
+            batch=torch.repeat_interleave(torch.arange(len(index), device=self.device), n_atoms),
+            ptr=ptr,
+            entry=index,
+            y=None if self.y is None else self.y[index],
+            edge_weight=None if self.edge_weight is None else self.edge_weight[edges],
+        )
+
+
+class EpochPermutation:
+    """Order of the crystals in one epoch: a permutation seeded by (seed, epoch), or the identity."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before every epoch, also after a resume
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=generator)
+
+
+class PackedLoader:
+    """Iterates over ``subset`` of ``packed`` in batches (a drop-in for a DataLoader in Lightning and in loops).
+
+    ``drop_last`` drops a final batch of one crystal only: batch norm cannot train on a single sample.
+    """
+
+    def __init__(
+        self, packed: PackedGraphs, subset: np.ndarray | torch.Tensor | None = None, batch_size: int = 64,
+        shuffle: bool = False, seed: int = 0, drop_single: bool = True,
+    ) -> None:
+        self.packed = packed
+        self.subset = torch.arange(len(packed)) if subset is None else torch.as_tensor(np.asarray(subset), dtype=torch.long)
+        self.batch_size = batch_size
+        self.sampler = EpochPermutation(len(self.subset), shuffle, seed)  # Lightning calls sampler.set_epoch
+        self.batch_sampler = None  # (Lightning inspects both, as on a torch DataLoader)
+        self.drop_single = drop_single and shuffle
+
+    def _chunks(self) -> list[torch.Tensor]:
+        chunks = list(self.subset[self.sampler.order()].split(self.batch_size))
+        if self.drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks.pop()
+        return chunks
+
+    def __len__(self) -> int:
+        return len(self._chunks())
+
+    def __iter__(self):
+        for chunk in self._chunks():
+            yield self.packed.batch(chunk)

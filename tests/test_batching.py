@@ -1,0 +1,111 @@
+"""Packed batches: the same graphs as PyG's collation, merged edges the same function, shuffles that resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+from torch_geometric.loader import DataLoader
+
+from cgcnn_lab.data.batching import PackedGraphs, PackedLoader, concatenated_ranges, merge_repeated_edges
+from cgcnn_lab.data.dataset import build_dataset
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.graph import GaussianExpansion, GraphConfig
+from cgcnn_lab.data.sources import from_structures
+from cgcnn_lab.model.network import CGCNN, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    structures = []
+    for i in range(24):  # cubic perovskites (many repeated edges) and distorted cells (few)
+        a = 3.8 + 0.3 * rng.random()
+        s = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        if i % 2:
+            s.perturb(0.1, 0.0)
+            s = s * (1, 1, 2)
+        structures.append(s)
+    raw = from_structures(structures, targets=rng.normal(size=(24, 1)))
+    return build_dataset(raw, GraphConfig(), ElementEncoding.cgcnn92(), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_concatenated_ranges():
+    out = concatenated_ranges(torch.tensor([5, 0, 9]), torch.tensor([2, 3, 0]))
+    assert out.tolist() == [5, 6, 0, 1, 2]
+
+
+def test_packed_batch_equals_pyg_collation(dataset):
+    order = torch.tensor([3, 0, 7, 1, 22])
+    ours = PackedGraphs(dataset.graphs, dataset.targets).batch(order)
+    pyg = next(iter(DataLoader([dataset[int(i)] for i in order], batch_size=len(order))))
+    for key in ("z", "edge_index", "distance", "batch", "ptr", "y"):
+        assert torch.equal(getattr(ours, key), getattr(pyg, key)), key
+    assert ours.entry.tolist() == order.tolist() and ours.num_graphs == 5
+
+
+def test_merging_keeps_every_edge_counted(dataset):
+    g = dataset.graphs
+    ei, dist, ptr, weight = merge_repeated_edges(g.edge_index, g.distance, g.edge_ptr)
+    assert weight.sum() == len(g.distance) and len(dist) < len(g.distance)
+    assert np.array_equal(np.diff(ptr) > 0, g.n_edges > 0)
+    for i in range(len(g)):  # per crystal: same multiset of (centre, neighbour, distance), centres still grouped
+        a = sorted(zip(g.edge_index[1, g.edge_ptr[i]:g.edge_ptr[i + 1]], g.edge_index[0, g.edge_ptr[i]:g.edge_ptr[i + 1]],
+                       g.distance[g.edge_ptr[i]:g.edge_ptr[i + 1]]))
+        sl = slice(ptr[i], ptr[i + 1])
+        b = sorted(x for c, n, d, w in zip(ei[1, sl], ei[0, sl], dist[sl], weight[sl]) for x in [(c, n, d)] * int(w))
+        assert a == b
+        assert (np.diff(ei[1, sl]) >= 0).all()
+
+
+@pytest.mark.parametrize("conv", ["gated", "shared", "pyg-gatv2"])
+def test_merged_edges_compute_the_same_function(dataset, conv):
+    """Outputs, gradients and batch-norm running statistics agree with and without merging, in training mode."""
+    enc = ElementEncoding.cgcnn92()
+    results = []
+    for collapse in (False, True):
+        torch.manual_seed(0)
+        model = CGCNN(ModelConfig(conv=conv, n_conv=2), enc.table).train()
+        batch = PackedGraphs(dataset.graphs, dataset.targets, collapse=collapse).batch(torch.arange(len(dataset)))
+        out = model(batch)
+        out.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        buffers = [b.clone() for name, b in model.named_buffers() if "running" in name]
+        model.eval()
+        results.append((out.detach(), grads, buffers, model(batch).detach()))
+    (o1, g1, b1, e1), (o2, g2, b2, e2) = results
+    torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e1, e2, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    for a, b in zip(b1, b2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shuffle_depends_on_seed_and_epoch_only(dataset):
+    packed = PackedGraphs(dataset.graphs, dataset.targets)
+    first = PackedLoader(packed, np.arange(20), 4, shuffle=True, seed=3)
+    orders = []
+    for epoch in range(3):
+        first.sampler.set_epoch(epoch)
+        orders.append(torch.cat([b.entry for b in first]))
+    assert not torch.equal(orders[0], orders[1])
+    resumed = PackedLoader(packed, np.arange(20), 4, shuffle=True, seed=3)  # a new process after a restart
+    resumed.sampler.set_epoch(2)
+    assert torch.equal(torch.cat([b.entry for b in resumed]), orders[2])
+    assert sorted(orders[1].tolist()) == list(range(20))
+
+
+def test_a_single_crystal_last_batch_is_dropped_when_training(dataset):
+    packed = PackedGraphs(dataset.graphs, dataset.targets)
+    assert [b.num_graphs for b in PackedLoader(packed, np.arange(9), 4, shuffle=True)] == [4, 4]
+    assert [b.num_graphs for b in PackedLoader(packed, np.arange(9), 4)] == [4, 4, 1]
+
+
+def test_gaussian_expansion_has_no_denormals():
+    u = GaussianExpansion()(torch.linspace(0, 12, 500))
+    tiny = (u != 0) & (u.abs() < 1e-30)
+    assert not tiny.any()
+    assert u.max() == pytest.approx(1.0, abs=1e-3)
