@@ -40,6 +40,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from cgcnn_lab.model.convs import ACTIVATIONS, CONV_CHOICES
     from cgcnn_lab.model.network import POOLING
 
+    from cgcnn_lab.presets import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="a named configuration (BENCHMARKS.md); options given explicitly override it")
     g = p.add_argument_group("target")
     g.add_argument("--task", choices=["regression", "classification"], default="regression")
     g.add_argument("--per-atom", action="store_true",
@@ -138,6 +142,7 @@ def _train_options(args, default_out: str):
         loss=args.loss, patience=args.patience, seed=args.seed, out=args.out or default_out, resume=args.resume,
         init_from=args.init_from, freeze_convs=args.freeze_convs,
         accelerator=args.accelerator, devices=args.devices, progress=not args.no_progress,
+        preset=getattr(args, "preset", None),
     )
 
 
@@ -341,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgcnn-lab", description="Crystal Graph Convolutional Neural Networks.")
     parser.add_argument("--version", action="version", version=f"cgcnn-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(subparsers=sub.choices)  # for --preset, which sets a subcommand's defaults
 
     p = sub.add_parser("train", help="train a model; writes a run folder with checkpoints, metrics and plots")
     _add_data_options(p)
@@ -403,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     from cgcnn_lab.data.sources import DataError
     from cgcnn_lab.predict import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+        if getattr(args, "preset", None):  # re-parse with the preset as defaults: explicit options still win
+            from cgcnn_lab.presets import preset_defaults
+
+            args.subparsers[args.command].set_defaults(**preset_defaults(args.preset))
+            args = parser.parse_args(argv)
         return args.func(args)
     except (DataError, CheckpointError, UnknownElementError, ValueError) as err:
         if os.environ.get("CGCNN_LAB_DEBUG"):

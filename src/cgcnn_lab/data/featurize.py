@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Structure
-
 from cgcnn_lab.data.graph import CrystalGraph, GraphConfig, GraphError, structure_to_graph
 from cgcnn_lab.data.sources import DataError, Entry, Problem
 
@@ -94,7 +92,7 @@ def pack(ids: Sequence[str], graphs: Sequence[CrystalGraph]) -> GraphSet:
 
 
 def _content_digest(entry: Entry) -> bytes:
-    if isinstance(entry.content, Structure):
+    if not isinstance(entry.content, str):  # a pymatgen Structure
         text = json.dumps(entry.content.as_dict(), sort_keys=True, default=str)
     else:
         text = entry.content

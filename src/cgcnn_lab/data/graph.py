@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from pymatgen.core import Structure
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 
 class GraphError(ValueError):

@@ -19,9 +19,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pymatgen.core import Structure
+
+if TYPE_CHECKING:  # pymatgen is imported where structures are parsed: a cached run never pays for it
+    from pymatgen.core import Structure
 
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz", ".parquet", ".pq")
 STRUCTURE_COLUMNS = ("structure", "cif", "structure_json", "atoms")
@@ -327,7 +330,7 @@ def read_table(
         ):
             log.add(where, entry_id, f"missing structure: column '{structure_col}' is empty")
             continue
-        if not isinstance(content, (str, Structure)):
+        if not isinstance(content, str) and not is_structure(content):
             log.add(where, entry_id, f"unreadable structure: column '{structure_col}' holds a {type(content).__name__}, "
                     "expected CIF text or a pymatgen Structure as JSON")
             continue
@@ -418,8 +421,16 @@ MIN_INTERATOMIC_DISTANCE = 0.5  # Å; closer atoms mean a broken file (duplicate
 MAX_ATOMS = 5000
 
 
+def is_structure(obj: object) -> bool:
+    """A pymatgen Structure, recognised without importing pymatgen (it takes ~1 s to import)."""
+    return any(c.__name__ in ("Structure", "IStructure") and c.__module__.startswith("pymatgen.")
+               for c in type(obj).__mro__)
+
+
 def parse_structure(entry: Entry) -> Structure:
     """Parse and sanity-check one entry; raise DataError with the entry's location and the problem."""
+    from pymatgen.core import Structure
+
     if isinstance(entry.content, Structure):
         structure = entry.content
     else:
