@@ -251,3 +251,13 @@ def test_site_contributions_add_up_to_the_prediction(table, cache, tmp_path, poo
     plain = train(data, small_model(), quick(tmp_path, "crystalwise", epochs=1), log=lambda *_: None)
     assert main(["explain", str(plain.out), str(table), "--target", DEMO_TARGET, "--out", str(out),
                  "--cache-dir", cache]) == 2
+
+
+def test_fold_split_validation_is_a_fraction_of_the_training_folds():
+    from cgcnn_lab.train.splits import fold_split
+
+    folds = np.arange(1000) % 5
+    split = fold_split(folds, test_fold=0, val_ratio=0.1, seed=0)
+    assert len(split.test) == 200 and len(split.val) == 80 and len(split.train) == 720
+    assert not set(split.val) & set(split.train) and (folds[split.val] != 0).all()
+    assert np.array_equal(split.val, fold_split(folds, 0, 0.1, seed=0).val)

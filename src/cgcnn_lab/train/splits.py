@@ -70,12 +70,13 @@ def id_split(ids: Sequence[str], train: Sequence[str], val: Sequence[str], test:
 
 
 def fold_split(folds: np.ndarray, test_fold: int, val_ratio: float = 0.1, seed: int = 0) -> Split:
-    """Test on one fold (e.g. Matbench's official fold); validation carved from the others with ``seed``."""
+    """Test on one fold (e.g. Matbench's official fold); validation: ``val_ratio`` of the other folds, drawn
+    with ``seed``."""
     folds = np.asarray(folds)
     if test_fold not in set(folds.tolist()):
         raise DataError(f"test fold {test_fold} not present; folds are {sorted(set(folds.tolist()))}")
     test = np.flatnonzero(folds == test_fold)
     rest = np.flatnonzero(folds != test_fold)
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
-    n_val = int(round(val_ratio * len(folds)))
+    n_val = int(round(val_ratio * len(rest)))
     return Split(rest[n_val:], rest[:n_val], test)
