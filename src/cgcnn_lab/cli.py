@@ -100,7 +100,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--freeze-convs", action="store_true",
                    help="with --init-from: keep the embedding and convolutions fixed, train the rest")
     g.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto (Lightning)")
-    g.add_argument("--devices", default="1")
+    g.add_argument("--devices", default="1", help="devices (processes) per node, e.g. 2; 'auto' for all GPUs")
+    g.add_argument("--strategy", default="auto",
+                   help="Lightning strategy: ddp (data parallel; torchrun/SLURM compatible), ddp_spawn, auto")
+    g.add_argument("--num-nodes", type=int, default=1, help="machines for DDP (see README: SLURM)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
 
 
@@ -141,8 +144,8 @@ def _train_options(args, default_out: str):
         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, scheduler=args.scheduler,
         loss=args.loss, patience=args.patience, seed=args.seed, out=args.out or default_out, resume=args.resume,
         init_from=args.init_from, freeze_convs=args.freeze_convs,
-        accelerator=args.accelerator, devices=args.devices, progress=not args.no_progress,
-        preset=getattr(args, "preset", None),
+        accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+        progress=not args.no_progress, preset=getattr(args, "preset", None),
     )
 
 

@@ -144,10 +144,19 @@ class EpochPermutation:
         return torch.randperm(self.n, generator=generator)
 
 
+def _distributed() -> tuple[int, int]:
+    """(world size, rank) inside an initialised torch.distributed process group (Lightning DDP), else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 class PackedLoader:
     """Iterates over ``subset`` of ``packed`` in batches (a drop-in for a DataLoader in Lightning and in loops).
 
-    ``drop_last`` drops a final batch of one crystal only: batch norm cannot train on a single sample.
+    A final training batch of one crystal is dropped: batch norm cannot train on a single sample. Under DDP a
+    shuffled (training) loader gives each process its share; an unshuffled one (validation) gives all of it to
+    every process, so every rank computes the same validation metrics.
     """
 
     def __init__(
@@ -162,7 +171,15 @@ class PackedLoader:
         self.drop_single = drop_single and shuffle
 
     def _chunks(self) -> list[torch.Tensor]:
-        chunks = list(self.subset[self.sampler.order()].split(self.batch_size))
+        order = self.subset[self.sampler.order()]
+        batch_size = self.batch_size
+        world, rank = _distributed()
+        if world > 1 and self.sampler.shuffle:
+            # data-parallel training: each process takes every world-th crystal of the same permutation (padded
+            # so all have equally many batches) in batches of batch_size / world: the global batch is unchanged
+            order = torch.cat([order, order[: (-len(order)) % world]])[rank::world]
+            batch_size = max(1, batch_size // world)
+        chunks = list(order.split(batch_size))
         if self.drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks.pop()
         return chunks

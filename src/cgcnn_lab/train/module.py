@@ -42,16 +42,31 @@ class CGCNNModule(L.LightningModule):
         if self.task == "classification":
             labels = batch.y[:, 0].long()
             loss = F.nll_loss(out, labels)
-            self.log(f"{stage}_accuracy", (out.argmax(1) == labels).float().mean(), batch_size=n, on_epoch=True, on_step=False)
+            self.log(f"{stage}_accuracy", (out.argmax(1) == labels).float().mean(), batch_size=n, on_epoch=True,
+                     on_step=False, sync_dist=self._sync)
         else:
             target = self.transform.encode(batch.y, batch)
             loss = F.l1_loss(out, target) if self.optim["loss"] == "l1" else F.mse_loss(out, target)
             # MAE in the unit the model learns (per atom with --per-atom), the number a user compares
             y_true = self.transform.intensive(batch.y, batch)
             mae = (self.transform.decode_intensive(out.detach(), batch) - y_true).abs().mean()
-            self.log(f"{stage}_mae", mae, batch_size=n, on_epoch=True, on_step=False)
-        self.log(f"{stage}_loss", loss, batch_size=n, on_epoch=True, on_step=False, prog_bar=stage == "val")
+            self.log(f"{stage}_mae", mae, batch_size=n, on_epoch=True, on_step=False, sync_dist=self._sync)
+        self.log(f"{stage}_loss", loss, batch_size=n, on_epoch=True, on_step=False, prog_bar=stage == "val",
+                 sync_dist=self._sync)
         return loss
+
+    @property
+    def _sync(self) -> bool:
+        """Average epoch metrics over data-parallel processes (each trains on its share of the batches)."""
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # random state, so that a resumed run continues exactly (dropout); plain tensors: loads with weights_only
+        checkpoint["rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if isinstance(checkpoint.get("rng_state"), torch.Tensor):
+            torch.set_rng_state(checkpoint["rng_state"])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

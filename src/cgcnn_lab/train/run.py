@@ -96,7 +96,9 @@ class TrainOptions:
     init_from: str | None = None  # checkpoint (ours or the original CGCNN's) to start from: fine-tuning
     freeze_convs: bool = False  # with init_from: train only the layers after pooling
     accelerator: str = "cpu"
-    devices: str = "1"
+    devices: str = "1"  # per node; with several, --batch-size is the global batch, split over the processes
+    strategy: str = "auto"  # Lightning strategy, e.g. "ddp" (torchrun compatible) or "ddp_spawn"
+    num_nodes: int = 1
     progress: bool = True
     preset: str | None = None  # the named configuration the options came from (recorded in config.json)
 
@@ -190,7 +192,7 @@ class EpochMetricsCSV:
                 self.start = time.perf_counter()
 
             def on_train_epoch_end(self, trainer, pl_module) -> None:
-                if trainer.sanity_checking:
+                if trainer.sanity_checking or trainer.global_rank != 0:
                     return
                 m = {k: float(v) for k, v in trainer.callback_metrics.items()}
                 row = {"epoch": trainer.current_epoch + 1}
@@ -237,6 +239,10 @@ def train(
     ckpt_dir = out / "checkpoints"
     if opts.resume and not (ckpt_dir / "last.ckpt").is_file():
         raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if opts.resume:  # refuse a damaged or untrusted checkpoint before Lightning unpickles it
+        from cgcnn_lab.predict import safe_load
+
+        safe_load(ckpt_dir / "last.ckpt")
     if not opts.resume and (ckpt_dir / "last.ckpt").exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
 
@@ -324,6 +330,7 @@ def train(
         (out / "metrics.csv").unlink()
     trainer = L.Trainer(
         max_epochs=opts.epochs, accelerator=opts.accelerator, devices=_devices(opts.devices), callbacks=callbacks,
+        strategy=opts.strategy, num_nodes=opts.num_nodes,
         # bit-reproducible on CPU; CUDA's index_add (the neighbour sums) has no deterministic kernel
         logger=False, deterministic=opts.accelerator == "cpu", enable_model_summary=False, enable_progress_bar=opts.progress,
         num_sanity_val_steps=0, default_root_dir=str(out),
@@ -332,6 +339,8 @@ def train(
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance|exists and is not empty).*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_dir / "last.ckpt") if opts.resume else None)
     train_seconds = time.perf_counter() - start
+    if trainer.global_rank != 0:  # data-parallel workers are done; rank 0 evaluates and writes the run folder
+        return RunResult(out, {}, dataset, split, train_seconds)
 
     # ---- test with the best checkpoint, in the target's own unit
     from cgcnn_lab.predict import load_trained, predict_outputs
