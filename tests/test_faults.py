@@ -71,7 +71,7 @@ def test_killed_run_resumes_to_the_same_result(table, uninterrupted, tmp_path, s
     proc.wait(timeout=60)
     done = epochs_done(killed)
     assert 2 <= done < int(epochs), f"the run was not interrupted mid-training ({done} epochs done)"
-    assert (killed / "checkpoints" / "last.ckpt").is_file()
+    assert safe_load(killed / "checkpoints" / "last.ckpt")["epoch"] + 1 >= done - 1  # at most one epoch lost
 
     subprocess.run(cli(str(table), *COMMON, "--epochs", epochs, "--out", str(killed), "--resume", cache=cache),
                    check=True, capture_output=True, env=env())

@@ -320,8 +320,9 @@ def train(
     val_loader = PackedLoader(packed, split.val, max(opts.batch_size, 256))
     monitor = "val_mae" if transform is not None else "val_loss"
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True,
-                        enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", enable_version_counter=False),
+        # every epoch (Lightning's save_last only follows the best checkpoint): a killed run loses at most one epoch
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False),
         EpochMetricsCSV(out / "metrics.csv"),
     ]
     if opts.patience > 0:
