@@ -61,14 +61,16 @@ def test_merging_keeps_every_edge_counted(dataset):
 
 
 @pytest.mark.parametrize("conv", ["gated", "shared", "pyg-gatv2"])
-def test_merged_edges_compute_the_same_function(dataset, conv):
+def test_merged_edges_compute_the_same_function(dataset, conv, monkeypatch):
     """Outputs, gradients and batch-norm running statistics agree with and without merging, in training mode."""
+    monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)  # always merge
     enc = ElementEncoding.cgcnn92()
     results = []
     for collapse in (False, True):
         torch.manual_seed(0)
         model = CGCNN(ModelConfig(conv=conv, n_conv=2), enc.table).train()
         batch = PackedGraphs(dataset.graphs, dataset.targets, collapse=collapse).batch(torch.arange(len(dataset)))
+        assert (batch.edge_weight is not None) == collapse
         out = model(batch)
         out.square().sum().backward()
         grads = [p.grad.clone() for p in model.parameters()]
@@ -82,6 +84,14 @@ def test_merged_edges_compute_the_same_function(dataset, conv):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     for a, b in zip(b1, b2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_edges_are_merged_only_when_it_pays(dataset):
+    g = dataset.graphs
+    cubic = PackedGraphs(g.select(np.arange(0, len(g), 2)), collapse=True)  # ideal cells: few distinct edges
+    distorted = PackedGraphs(g.select(np.arange(1, len(g), 2)), collapse=True)  # perturbed supercells
+    assert cubic.edge_weight is not None and len(cubic.distance) < 0.7 * cubic.edge_weight.sum()
+    assert distorted.edge_weight is None and len(distorted.distance) == len(g.select(np.arange(1, len(g), 2)).distance)
 
 
 def test_shuffle_depends_on_seed_and_epoch_only(dataset):

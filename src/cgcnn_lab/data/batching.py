@@ -57,6 +57,9 @@ def concatenated_ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Ten
     return torch.arange(int(ends[-1]) if len(ends) else 0, device=starts.device) + shift
 
 
+MERGE_WORTHWHILE = 0.7  # merge repeated edges only if at most this fraction of the edges remains
+
+
 def merge_repeated_edges(
     edge_index: np.ndarray, distance: np.ndarray, edge_ptr: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -94,8 +97,12 @@ class PackedGraphs:
         edge_index, distance, edge_ptr = graphs.edge_index, graphs.distance, graphs.edge_ptr
         self.edge_weight = None
         if collapse and len(distance):
-            edge_index, distance, edge_ptr, weight = merge_repeated_edges(edge_index, distance, edge_ptr)
-            self.edge_weight = as_t(weight, torch.float32)
+            merged = merge_repeated_edges(edge_index, distance, edge_ptr)
+            # the weighted batch norm costs more passes than the native one: merging pays only when it removes
+            # enough edges (Castelli: 0.44 of the edges remain, 1.4x faster; course set: 0.87 remain, 1.3x slower)
+            if len(merged[1]) <= MERGE_WORTHWHILE * len(distance):
+                edge_index, distance, edge_ptr, weight = merged
+                self.edge_weight = as_t(weight, torch.float32)
         self.z = as_t(graphs.z, torch.long)
         self.atom_ptr = as_t(graphs.atom_ptr, torch.long)
         self.edge_ptr = as_t(edge_ptr, torch.long)
