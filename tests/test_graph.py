@@ -280,3 +280,20 @@ def test_graph_config_validation(kwargs: dict, match: str) -> None:
 def test_gaussian_expansion_validation(radius: float, step: float, width: float | None) -> None:
     with pytest.raises(ValueError, match="step < radius and width > 0"):
         GaussianExpansion(radius, step, width)
+
+
+def test_degenerate_thin_cells_are_refused_quickly():
+    """A nearly flat cell would make the neighbour search generate billions of images: refused at once."""
+    import time
+
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_lab.data.graph import GraphError, search_points
+
+    flat = Structure(Lattice([[10, 0, 0], [0, 10, 0], [5, 5, 0.01]]), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    start = time.perf_counter()
+    with pytest.raises(GraphError, match=r"degenerate lattice: the cell is only .* thick"):
+        structure_to_graph(flat, GraphConfig(), "flat")
+    assert time.perf_counter() - start < 1.0
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert search_points(nacl.lattice.matrix, 2, 8.0) == 2 * 5**3  # (2 ceil(8 / 5.64) + 1)^3 images per atom

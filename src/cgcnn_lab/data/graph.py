@@ -123,6 +123,39 @@ def pad_edges(
     return edge_index[:, order], distance[order]
 
 
+MAX_SEARCH_POINTS = 20_000_000  # periodic image points a neighbour search may generate (~0.5 GB in pymatgen)
+
+
+def search_points(matrix: np.ndarray, n_atoms: int, radius: float) -> float:
+    """How many periodic image points a neighbour search within ``radius`` generates: each atom repeated over
+    the cells the sphere can reach, (2 ceil(r / h) + 1) per axis, h the cell's height along that axis.
+
+    A normal cell needs a few hundred images per atom; a nearly flat or needle-like cell (heights of 0.01 Å
+    from a broken file) needs billions, and the search would run for hours or exhaust memory.
+    """
+    m = np.asarray(matrix, dtype=float)
+    volume = abs(float(np.linalg.det(m)))
+    faces = np.linalg.norm(np.cross(m[[1, 2, 0]], m[[2, 0, 1]]), axis=1)  # |b x c|, |c x a|, |a x b|
+    with np.errstate(divide="ignore", invalid="ignore"):
+        heights = volume / faces
+    if not np.all(np.isfinite(heights)) or np.any(heights <= 0):
+        return float("inf")
+    return float(n_atoms * np.prod(2 * np.ceil(radius / heights) + 1))
+
+
+def check_search_size(structure: Structure, radius: float, structure_id: str = "?") -> None:
+    points = search_points(structure.lattice.matrix, len(structure), radius)
+    if points > MAX_SEARCH_POINTS:
+        heights = structure.lattice.volume / np.linalg.norm(
+            np.cross(structure.lattice.matrix[[1, 2, 0]], structure.lattice.matrix[[2, 0, 1]]), axis=1
+        )
+        raise GraphError(
+            f"structure {structure_id!r}: degenerate lattice: the cell is only "
+            f"{', '.join(f'{h:.3g}' for h in heights)} Å thick along its axes, so a neighbour search within "
+            f"{radius} Å would generate ~{points:.2g} periodic images (limit {MAX_SEARCH_POINTS:.0e}); check the cell"
+        )
+
+
 def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: str = "?") -> CrystalGraph:
     """Build the periodic neighbour graph of one structure (pymatgen's C neighbour search, no Python loops)."""
     n_atoms = len(structure)
@@ -130,6 +163,7 @@ def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: 
         raise GraphError(f"structure {structure_id!r} has no atoms")
     if not structure.is_ordered:
         raise GraphError(f"structure {structure_id!r} has partially occupied (disordered) sites")
+    check_search_size(structure, config.radius, structure_id)
     centers, neighbors, _, distances = structure.get_neighbor_list(config.radius)
     edge_index, distance = nearest_neighbor_edges(
         centers, neighbors, distances, n_atoms, config.max_neighbors

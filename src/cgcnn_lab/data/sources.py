@@ -473,6 +473,12 @@ def check_structure(structure: Structure, where: str) -> None:
         raise DataError(f"{where}: degenerate lattice (cell volume {volume:.3g} Å^3)")
     if not np.isfinite(structure.frac_coords).all():
         raise DataError(f"{where}: non-finite atomic coordinates")
+    from cgcnn_lab.data.graph import GraphError, check_search_size
+
+    try:
+        check_search_size(structure, MIN_INTERATOMIC_DISTANCE)
+    except GraphError as err:
+        raise DataError(f"{where}: {str(err).split(': ', 1)[1]}") from None
     if len(structure) > 1:
         close = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)[3]
         if len(close):
