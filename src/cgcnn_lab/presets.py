@@ -13,8 +13,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "conv": "gated", "n_conv": 4, "atom_fea_len": 64, "h_fea_len": 32, "batch_size": 128,
         "optimizer": "adamw", "lr": 2e-3, "scheduler": "cosine", "loss": "l1", "element_ref": "on", "epochs": 300,
     },
-    # The most accurate configuration measured on Matbench perovskites fold 0 (BENCHMARKS.md): a wider and deeper
-    # gated network, L1 loss, per-element references, long cosine schedule.
+    # The strongest candidate so far (BENCHMARKS.md): a wider and deeper gated network, L1 loss, per-element
+    # references, long cosine schedule; ahead of "matbench" in validation on fold 0, not yet measured to the end.
     "best": {
         "conv": "gated", "n_conv": 5, "atom_fea_len": 128, "h_fea_len": 128, "batch_size": 128,
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "scheduler": "cosine", "loss": "l1",
