@@ -128,6 +128,8 @@ def _problem_message(err: Exception, entry: Entry) -> str:
     for prefix in (entry.where + ": ", f"structure {entry.id!r}: "):
         message = message.removeprefix(prefix)
     if isinstance(err, GraphError):
+        if "degenerate lattice" in message:
+            return message.split(": ", 1)[1] if message.startswith("structure ") else message
         kind = "isolated atom" if "no neighbour" in message else "cannot build graph"
         message = f"{kind}: {message}"
     return message

@@ -143,6 +143,17 @@ def search_points(matrix: np.ndarray, n_atoms: int, radius: float) -> float:
     return float(n_atoms * np.prod(2 * np.ceil(radius / heights) + 1))
 
 
+def wrap_into_cell(structure: Structure) -> Structure:
+    """The same crystal with fractional coordinates in [0, 1). pymatgen's neighbour search grids the atoms'
+    unwrapped extent: two atoms at (0,0,0) and (3,3,3.5) of a 100 Å cell asked for 6.9 GB."""
+    frac = structure.frac_coords
+    if ((frac >= 0) & (frac < 1)).all():
+        return structure
+    from pymatgen.core import Structure
+
+    return Structure(structure.lattice, structure.species, np.mod(frac, 1.0), site_properties=structure.site_properties)
+
+
 def check_search_size(structure: Structure, radius: float, structure_id: str = "?") -> None:
     points = search_points(structure.lattice.matrix, len(structure), radius)
     if points > MAX_SEARCH_POINTS:
@@ -163,6 +174,7 @@ def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: 
         raise GraphError(f"structure {structure_id!r} has no atoms")
     if not structure.is_ordered:
         raise GraphError(f"structure {structure_id!r} has partially occupied (disordered) sites")
+    structure = wrap_into_cell(structure)
     check_search_size(structure, config.radius, structure_id)
     centers, neighbors, _, distances = structure.get_neighbor_list(config.radius)
     edge_index, distance = nearest_neighbor_edges(

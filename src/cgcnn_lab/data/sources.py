@@ -446,8 +446,7 @@ def parse_structure(entry: Entry) -> Structure:
                     structure = Structure.from_str(text, fmt="cif")
         except Exception as err:  # noqa: BLE001  pymatgen raises anything on a broken file
             raise DataError(f"{entry.where}: {kind}: {_parse_failure(err, caught)}") from None
-    check_structure(structure, entry.where)
-    return structure
+    return check_structure(structure, entry.where)
 
 
 def _parse_failure(err: Exception, caught: Sequence[warnings.WarningMessage]) -> str:
@@ -461,7 +460,8 @@ def _parse_failure(err: Exception, caught: Sequence[warnings.WarningMessage]) ->
     return f"{reason[:200]}{' (' + hints[:200] + ')' if hints else ''}; is the file truncated or not a structure?"
 
 
-def check_structure(structure: Structure, where: str) -> None:
+def check_structure(structure: Structure, where: str) -> Structure:
+    """The structure, with every atom wrapped into the cell, if it is a usable crystal; else DataError."""
     if len(structure) == 0:
         raise DataError(f"{where}: empty structure: no atoms")
     if len(structure) > MAX_ATOMS:
@@ -473,16 +473,17 @@ def check_structure(structure: Structure, where: str) -> None:
         raise DataError(f"{where}: degenerate lattice (cell volume {volume:.3g} Å^3)")
     if not np.isfinite(structure.frac_coords).all():
         raise DataError(f"{where}: non-finite atomic coordinates")
-    from cgcnn_lab.data.graph import GraphError, check_search_size
+    from cgcnn_lab.data.graph import GraphError, check_search_size, wrap_into_cell
 
+    structure = wrap_into_cell(structure)
     try:
         check_search_size(structure, MIN_INTERATOMIC_DISTANCE)
     except GraphError as err:
         raise DataError(f"{where}: {str(err).split(': ', 1)[1]}") from None
-    if len(structure) > 1:
-        close = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)[3]
-        if len(close):
-            raise DataError(
-                f"{where}: overlapping atoms ({float(close.min()):.3f} Å apart, below {MIN_INTERATOMIC_DISTANCE} Å)"
-            )
+    close = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)[3]  # other atoms and periodic images
+    if len(close):
+        raise DataError(
+            f"{where}: overlapping atoms ({float(close.min()):.3f} Å apart, below {MIN_INTERATOMIC_DISTANCE} Å)"
+        )
+    return structure
 

@@ -50,7 +50,16 @@ def read_id_list(path: str | Path) -> list[str]:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as err:
         raise DataError(f"{path}: cannot read id list ({err.strerror})") from None
-    return [ln.split(",")[0].strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: id list is not UTF-8 text (byte {err.start}); expected one id per line") from None
+    ids = [ln.split(",")[0].strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not ids:
+        raise DataError(f"{path}: no ids in the id list (the file is empty or only comments)")
+    seen: set[str] = set()
+    twice = [i for i in ids if i in seen or seen.add(i)]
+    if twice:
+        raise DataError(f"{path}: id {twice[0]!r} listed twice" + (f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""))
+    return ids
 
 
 def id_split(ids: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str], names=("train", "val", "test")) -> Split:
