@@ -419,6 +419,8 @@ def load_dataset(
 
 MIN_INTERATOMIC_DISTANCE = 0.5  # Å; closer atoms mean a broken file (duplicated sites), not chemistry
 MAX_ATOMS = 5000
+CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
+             "_cell_angle_gamma")
 
 
 def is_structure(obj: object) -> bool:
@@ -445,6 +447,10 @@ def parse_structure(entry: Entry) -> Structure:
                 else:
                     structure = Structure.from_str(text, fmt="cif")
         except Exception as err:  # noqa: BLE001  pymatgen raises anything on a broken file
+            if not text.startswith("{"):
+                missing = [k for k in CELL_KEYS if k not in text]
+                if missing and "_atom_site" in text:  # a CIF with atoms but no cell: say so, not "no structures"
+                    raise DataError(f"{entry.where}: {kind}: no cell parameters ({', '.join(missing)} missing)") from None
             raise DataError(f"{entry.where}: {kind}: {_parse_failure(err, caught)}") from None
     return check_structure(structure, entry.where)
 
