@@ -11,10 +11,10 @@ Edge convention (as in PyTorch Geometric): ``edge_index[0]`` is the neighbour j 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
