@@ -80,8 +80,10 @@ def test_merged_edges_compute_the_same_function(dataset, conv, monkeypatch):
     (o1, g1, b1, e1), (o2, g2, b2, e2) = results
     torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(e1, e2, rtol=1e-4, atol=1e-5)
+    scale = max(float(a.abs().max()) for a in g1)  # float32 sums in another order: tolerance from the gradient scale
+    assert scale < 1e3, scale  # keeps the tolerance meaningful
     for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * max(1.0, scale))
     for a, b in zip(b1, b2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
