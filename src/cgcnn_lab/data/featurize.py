@@ -235,8 +235,9 @@ def featurize(
 ) -> GraphSet:
     """Graphs for ``entries``: from the cache when the same entries and neighbour settings were seen before."""
     start = time.perf_counter()
-    path = Path(cache_dir or default_cache_dir()) / "graphs" / f"{cache_key(entries, config)}.npz"
-    if use_cache:
+    path = None
+    if use_cache:  # the key hashes every entry (structures serialised): only worth it when the cache is used
+        path = Path(cache_dir or default_cache_dir()) / "graphs" / f"{cache_key(entries, config)}.npz"
         cached = _load(path, entries)
         if cached is not None:
             where = {e.id: e.where for e in entries}  # the files may have moved since the cache was written
@@ -246,7 +247,7 @@ def featurize(
     ids, graphs, problems = featurize_entries(entries, config, jobs=jobs, progress=progress)
     gs = pack(ids, graphs)
     gs.problems = problems
-    if use_cache:
+    if path is not None:
         try:
             _save(path, gs)
         except OSError as err:  # a read-only or full disk must not stop a run
