@@ -190,20 +190,17 @@ MAX_CUBES = 1.5e6  # about 340 MB and 0.3 s: a cell filled with atoms up to ~115
 
 
 def library_refuses(matrix: np.ndarray, n_atoms: int, radius: float) -> bool:
-    """Whether the library's own guard (graph.check_search_size) refuses the search before running it."""
-    try:
-        from cgcnn_lab.data.graph import MAX_SEARCH_POINTS, search_points
-    except ImportError:  # no guard: assume every search runs
-        return False
+    """Whether the library's own guard (graph.search_size_problem) refuses the search before running it."""
+    from cgcnn_lab.data.graph import MAX_SEARCH_POINTS, search_points
+
     with np.errstate(all="ignore"):
         return search_points(matrix, n_atoms, radius) > MAX_SEARCH_POINTS
 
 
 def known_blowup(spec: dict) -> str | None:
     """Crystals that would still exhaust memory or hang in pymatgen's neighbour search despite the library's
-    guard (graph.check_search_size, which counts periodic images from the cell's heights only). Fractional
-    coordinates outside [0, 1) widen the search box (test_unwrapped_coordinates_in_a_large_cell), and the cube
-    grid over the atoms' Cartesian extent costs 224 bytes per Å^3 at the 0.5 Å overlap check: a cell filled
+    guard (graph.search_size_problem, which counts periodic images from the cell's heights only): the cube grid
+    over the atoms' Cartesian extent (after wrapping into the cell) costs 224 bytes per Å^3 at the 0.5 Å overlap check: a cell filled
     with atoms 200 Å on every side allocates ~1.8 GB. Such crystals are counted as skipped instead of being run;
     the reason is returned. For CIF input (which may lose atoms when parsed) the library's refusal is predicted
     for one atom, the search cost for all of them."""

@@ -39,7 +39,6 @@ def _add_data_options(p: argparse.ArgumentParser, graph: bool = True) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from cgcnn_lab.model.convs import ACTIVATIONS, CONV_CHOICES
     from cgcnn_lab.model.network import POOLING
-
     from cgcnn_lab.presets import PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from cgcnn_lab.data.graph import CrystalGraph, GraphConfig, GraphError, structure_to_graph
 from cgcnn_lab.data.sources import DataError, Entry, Problem
 
@@ -128,8 +129,8 @@ def _problem_message(err: Exception, entry: Entry) -> str:
     for prefix in (entry.where + ": ", f"structure {entry.id!r}: "):
         message = message.removeprefix(prefix)
     if isinstance(err, GraphError):
-        if "degenerate lattice" in message:
-            return message.split(": ", 1)[1] if message.startswith("structure ") else message
+        if message.startswith("degenerate lattice"):  # already "kind: detail"
+            return message
         kind = "isolated atom" if "no neighbour" in message else "cannot build graph"
         message = f"{kind}: {message}"
     return message

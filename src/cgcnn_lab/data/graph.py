@@ -126,6 +126,14 @@ def pad_edges(
 MAX_SEARCH_POINTS = 20_000_000  # periodic image points a neighbour search may generate (~0.5 GB in pymatgen)
 
 
+def cell_heights(matrix: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of the cell, along each axis: volume / |b x c|, etc."""
+    m = np.asarray(matrix, dtype=float)
+    faces = np.linalg.norm(np.cross(m[[1, 2, 0]], m[[2, 0, 1]]), axis=1)  # |b x c|, |c x a|, |a x b|
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return abs(float(np.linalg.det(m))) / faces
+
+
 def search_points(matrix: np.ndarray, n_atoms: int, radius: float) -> float:
     """How many periodic image points a neighbour search within ``radius`` generates: each atom repeated over
     the cells the sphere can reach, (2 ceil(r / h) + 1) per axis, h the cell's height along that axis.
@@ -133,11 +141,7 @@ def search_points(matrix: np.ndarray, n_atoms: int, radius: float) -> float:
     A normal cell needs a few hundred images per atom; a nearly flat or needle-like cell (heights of 0.01 Å
     from a broken file) needs billions, and the search would run for hours or exhaust memory.
     """
-    m = np.asarray(matrix, dtype=float)
-    volume = abs(float(np.linalg.det(m)))
-    faces = np.linalg.norm(np.cross(m[[1, 2, 0]], m[[2, 0, 1]]), axis=1)  # |b x c|, |c x a|, |a x b|
-    with np.errstate(divide="ignore", invalid="ignore"):
-        heights = volume / faces
+    heights = cell_heights(matrix)
     if not np.all(np.isfinite(heights)) or np.any(heights <= 0):
         return float("inf")
     return float(n_atoms * np.prod(2 * np.ceil(radius / heights) + 1))
@@ -154,17 +158,17 @@ def wrap_into_cell(structure: Structure) -> Structure:
     return Structure(structure.lattice, structure.species, np.mod(frac, 1.0), site_properties=structure.site_properties)
 
 
-def check_search_size(structure: Structure, radius: float, structure_id: str = "?") -> None:
+def search_size_problem(structure: Structure, radius: float) -> str | None:
+    """Why a neighbour search within ``radius`` is refused (a degenerate, too thin cell), or None if it is fine."""
     points = search_points(structure.lattice.matrix, len(structure), radius)
-    if points > MAX_SEARCH_POINTS:
-        heights = structure.lattice.volume / np.linalg.norm(
-            np.cross(structure.lattice.matrix[[1, 2, 0]], structure.lattice.matrix[[2, 0, 1]]), axis=1
-        )
-        raise GraphError(
-            f"structure {structure_id!r}: degenerate lattice: the cell is only "
-            f"{', '.join(f'{h:.3g}' for h in heights)} Å thick along its axes, so a neighbour search within "
-            f"{radius} Å would generate ~{points:.2g} periodic images (limit {MAX_SEARCH_POINTS:.0e}); check the cell"
-        )
+    if points <= MAX_SEARCH_POINTS:
+        return None
+    heights = cell_heights(structure.lattice.matrix)
+    return (
+        f"degenerate lattice: the cell is only {', '.join(f'{h:.3g}' for h in heights)} Å thick along its axes, "
+        f"so a neighbour search within {radius} Å would generate ~{points:.2g} periodic images "
+        f"(limit {MAX_SEARCH_POINTS:.0e}); check the cell"
+    )
 
 
 def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: str = "?") -> CrystalGraph:
@@ -175,7 +179,9 @@ def structure_to_graph(structure: Structure, config: GraphConfig, structure_id: 
     if not structure.is_ordered:
         raise GraphError(f"structure {structure_id!r} has partially occupied (disordered) sites")
     structure = wrap_into_cell(structure)
-    check_search_size(structure, config.radius, structure_id)
+    problem = search_size_problem(structure, config.radius)
+    if problem:
+        raise GraphError(f"structure {structure_id!r}: {problem}")
     centers, neighbors, _, distances = structure.get_neighbor_list(config.radius)
     edge_index, distance = nearest_neighbor_edges(
         centers, neighbors, distances, n_atoms, config.max_neighbors

@@ -479,13 +479,12 @@ def check_structure(structure: Structure, where: str) -> Structure:
         raise DataError(f"{where}: degenerate lattice (cell volume {volume:.3g} Å^3)")
     if not np.isfinite(structure.frac_coords).all():
         raise DataError(f"{where}: non-finite atomic coordinates")
-    from cgcnn_lab.data.graph import GraphError, check_search_size, wrap_into_cell
+    from cgcnn_lab.data.graph import search_size_problem, wrap_into_cell
 
     structure = wrap_into_cell(structure)
-    try:
-        check_search_size(structure, MIN_INTERATOMIC_DISTANCE)
-    except GraphError as err:
-        raise DataError(f"{where}: {str(err).split(': ', 1)[1]}") from None
+    problem = search_size_problem(structure, MIN_INTERATOMIC_DISTANCE)
+    if problem:
+        raise DataError(f"{where}: {problem}")
     close = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)[3]  # other atoms and periodic images
     if len(close):
         raise DataError(

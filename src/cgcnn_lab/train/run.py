@@ -233,16 +233,17 @@ def train(
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
     quiet_lightning()
     start = time.perf_counter()
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
-    if opts.resume and not (ckpt_dir / "last.ckpt").is_file():
-        raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if opts.resume:  # refuse a damaged or untrusted checkpoint before Lightning unpickles it
+    if opts.resume:
+        if not (ckpt_dir / "last.ckpt").is_file():
+            raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
         from cgcnn_lab.predict import safe_load
 
-        safe_load(ckpt_dir / "last.ckpt")
+        safe_load(ckpt_dir / "last.ckpt")  # refuse a damaged or untrusted checkpoint before Lightning unpickles it
     if not opts.resume and (ckpt_dir / "last.ckpt").exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
 
