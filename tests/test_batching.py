@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,47 @@ def test_edges_are_merged_only_when_it_pays(dataset):
     distorted = PackedGraphs(g.select(np.arange(1, len(g), 2)), collapse=True)  # perturbed supercells
     assert cubic.edge_weight is not None and len(cubic.distance) < 0.7 * cubic.edge_weight.sum()
     assert distorted.edge_weight is None and len(distorted.distance) == len(g.select(np.arange(1, len(g), 2)).distance)
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_streamed_batches_equal_in_memory_ones(dataset, collapse, monkeypatch):
+    """Batches read from the memory-mapped cache are the in-memory batches, merged edges included."""
+    monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)  # always merge
+    monkeypatch.setattr("cgcnn_lab.data.featurize.CHUNK_EDGES", 500)  # whole-set passes in many chunks
+    assert dataset.graphs.mapped
+    loaded = PackedGraphs(dataset.graphs, dataset.targets, collapse=collapse, stream=False)
+    streamed = PackedGraphs(dataset.graphs, dataset.targets, collapse=collapse, stream=True)
+    assert streamed.stream and not hasattr(streamed, "distance")  # nothing but pointers held
+    assert streamed.merge == loaded.merge == collapse
+    for index in (torch.tensor([3, 0, 7, 1, 22]), torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1))):
+        a, b = loaded.batch(index), streamed.batch(index)
+        for f in fields(a):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            assert (x is None) == (y is None) == (f.name == "edge_weight" and not collapse), f.name
+            if x is not None:
+                assert x.dtype == y.dtype and torch.equal(x, y), f.name
+
+
+def test_streaming_is_chosen_by_size_for_mapped_graphs_only(dataset, monkeypatch):
+    monkeypatch.setattr("cgcnn_lab.data.batching.available_memory", lambda: 4 * dataset.graphs.nbytes() - 1)
+    assert PackedGraphs(dataset.graphs).stream  # over a quarter of the free memory
+    assert not PackedGraphs(dataset.graphs, stream=False).stream
+    in_memory = dataset.graphs.select(np.arange(len(dataset)))
+    assert not in_memory.mapped and not PackedGraphs(in_memory).stream  # nothing to stream from
+    monkeypatch.setattr("cgcnn_lab.data.batching.available_memory", lambda: 4 * dataset.graphs.nbytes() + 1)
+    assert not PackedGraphs(dataset.graphs).stream
+
+
+def test_chunked_passes_equal_whole_set_ones(dataset, monkeypatch):
+    g = dataset.graphs
+    whole_degree = g.degree()
+    monkeypatch.setattr("cgcnn_lab.data.featurize.CHUNK_EDGES", 100)
+    assert len(list(g.chunks())) > 5
+    assert [c for pair in g.chunks() for c in pair][::2] + [len(g)] == sorted({c for pair in g.chunks() for c in pair})
+    np.testing.assert_array_equal(g.degree(), whole_degree)
+    z, ptr = g.atoms(np.array([5, 2]))
+    np.testing.assert_array_equal(z, np.concatenate([g.graph(5).z, g.graph(2).z]))
+    np.testing.assert_array_equal(ptr, [0, g.n_atoms[5], g.n_atoms[5] + g.n_atoms[2]])
 
 
 def test_shuffle_depends_on_seed_and_epoch_only(dataset):

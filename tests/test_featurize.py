@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -57,7 +60,9 @@ def assert_same_graphs(a, b) -> None:
 
 
 def cache_files(cache_dir: Path) -> list[Path]:
-    return sorted((cache_dir / "graphs").glob("*.npz"))
+    """The committed cache folders (temporary ones being written start with a dot)."""
+    root = cache_dir / "graphs"
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
 
 
 # ----------------------------------------------------------------------------------- reuse
@@ -69,13 +74,16 @@ def test_second_call_loads_identical_graphs_from_cache(tmp_path):
     assert not first.from_cache
     assert list(first.ids) == ["nacl", "cscl"] and [p.id for p in first.problems] == ["isolated"]
     (path,) = cache_files(tmp_path)
-    assert path.name == f"{cache_key(entries(('nacl', 'cscl', 'isolated')), config)}.npz"
+    assert path.name == cache_key(entries(("nacl", "cscl", "isolated")), config)
+    assert sorted(f.name for f in path.iterdir()) == [
+        "distance.bin", "edges.bin", "ids.json", "meta.json", "n_atoms.bin", "n_edges.bin", "problems.json", "z.bin"]
 
     second = featurize(entries(("nacl", "cscl", "isolated")), config, cache_dir=tmp_path)
     assert second.from_cache
     assert_same_graphs(first, second)  # the skipped entry's problem is cached too
     for name in ARRAYS:
         assert getattr(second, name).dtype == getattr(first, name).dtype, name
+    assert first.mapped and second.mapped  # memory-mapped from the folder, whether just written or found
     # and the packed graphs are what structure_to_graph gives for each crystal
     direct = structure_to_graph(parse_structure(entries(("cscl",))[0]), config, "cscl")
     got = second.graph(1)
@@ -162,9 +170,9 @@ def test_changing_only_targets_reuses_graphs(tmp_path):
 
 
 def _prime(tmp_path) -> tuple[Path, object]:
-    fresh = featurize(entries(), GraphConfig(), cache_dir=tmp_path)
+    featurize(entries(), GraphConfig(), cache_dir=tmp_path)
     (path,) = cache_files(tmp_path)
-    return path, fresh
+    return path, featurize(entries(), GraphConfig(), use_cache=False)  # in memory: the tests damage the files
 
 
 def _rebuilt_from(tmp_path, path: Path, fresh) -> None:
@@ -178,44 +186,100 @@ def _rebuilt_from(tmp_path, path: Path, fresh) -> None:
 
 def test_truncated_cache_file_is_rebuilt(tmp_path):
     path, fresh = _prime(tmp_path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    data = (path / "distance.bin").read_bytes()
+    (path / "distance.bin").write_bytes(data[: len(data) // 2])
     _rebuilt_from(tmp_path, path, fresh)
 
 
-def test_garbage_cache_file_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("name", ["meta.json", "ids.json", "problems.json", "edges.bin"])
+def test_garbage_cache_file_is_rebuilt(tmp_path, name):
     path, fresh = _prime(tmp_path)
-    path.write_bytes(b"this is not a zip file at all" * 100)
+    size = (path / name).stat().st_size
+    (path / name).write_bytes((b"this is not what was written " * 1000)[:size])  # same size: only content differs
     _rebuilt_from(tmp_path, path, fresh)
 
 
-def test_cache_file_with_object_array_is_refused_not_unpickled(tmp_path):
-    path, fresh = _prime(tmp_path)
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["ids"] = np.array(list(fresh.ids), dtype=object)  # saved with pickle
-    np.savez(path, **arrays)
-    with pytest.raises(ValueError, match="allow_pickle"):
-        np.load(path, allow_pickle=False)["ids"]
-    _rebuilt_from(tmp_path, path, fresh)
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["EVIL_MARKER"]),))
 
 
-@pytest.mark.parametrize("damage", ["edge_out_of_range", "pointer_mismatch", "other_entries", "missing_array"])
-def test_inconsistent_cache_file_is_rebuilt(tmp_path, damage):
+@pytest.mark.parametrize("name", ["meta.json", "ids.json", "problems.json", "z.bin", "edges.bin"])
+def test_pickled_object_in_cache_is_refused_not_unpickled(tmp_path, monkeypatch, name):
+    marker = tmp_path / "unpickled"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    path, fresh = _prime(tmp_path / "cache")
+    (path / name).write_bytes(pickle.dumps(_Evil()))
+    _rebuilt_from(tmp_path / "cache", path, fresh)
+    assert not marker.exists()
+
+
+def _edit(path: Path, name: str, dtype: str, change) -> None:
+    array = np.fromfile(path / name, dtype=dtype)
+    change(array)
+    array.tofile(path / name)
+
+
+@pytest.mark.parametrize("damage", ["edge_out_of_range", "pointer_mismatch", "other_entries", "missing_array",
+                                    "lengths", "old_version", "nan_distance"])
+def test_inconsistent_cache_is_rebuilt(tmp_path, damage):
     path, fresh = _prime(tmp_path)
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
-    if damage == "edge_out_of_range":
-        arrays["edge_index"] = arrays["edge_index"].copy()
-        arrays["edge_index"][0, -1] = 2  # the last crystal (KCl) has atoms 0 and 1 only
-    elif damage == "pointer_mismatch":
-        arrays["atom_ptr"] = arrays["atom_ptr"][:-1]
+    meta = json.loads((path / "meta.json").read_text())
+    if damage == "edge_out_of_range":  # the last crystal (KCl) has atoms 0 and 1 only
+        _edit(path, "edges.bin", "<i4", lambda a: a.__setitem__(-2, 2))
+    elif damage == "pointer_mismatch":  # one more atom in NaCl than z holds
+        _edit(path, "n_atoms.bin", "<i4", lambda a: a.__setitem__(0, a[0] + 1))
     elif damage == "other_entries":
-        arrays["ids"] = np.array(["nacl", "cscl", "something-else"])
+        (path / "ids.json").write_text(json.dumps(["nacl", "cscl", "something-else"]))
+    elif damage == "missing_array":
+        (path / "distance.bin").unlink()
+    elif damage == "lengths":  # meta and file sizes disagree
+        meta["lengths"]["z"] += 1
+        (path / "meta.json").write_text(json.dumps(meta))
+    elif damage == "old_version":
+        meta["version"] = 2
+        (path / "meta.json").write_text(json.dumps(meta))
     else:
-        del arrays["distance"]
-    np.savez(path, **arrays)
+        _edit(path, "distance.bin", "<f4", lambda a: a.__setitem__(3, np.nan))
     _rebuilt_from(tmp_path, path, fresh)
+
+
+def test_interrupted_featurisation_leaves_no_cache(tmp_path, monkeypatch):
+    calls = []
+    real = fz._featurize_chunk
+
+    def dies_on_second_chunk(args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(fz, "_featurize_chunk", dies_on_second_chunk)
+    many = [Entry(f"{e.id}-{k}", e.where, e.content) for k in range(3) for e in entries()]  # 9 entries, 1 per chunk
+    with pytest.raises(KeyboardInterrupt):
+        featurize(many, GraphConfig(), cache_dir=tmp_path)
+    assert list((tmp_path / "graphs").iterdir()) == []  # neither a half-written folder nor its temporary
+    monkeypatch.setattr(fz, "_featurize_chunk", real)
+    assert not featurize(many, GraphConfig(), cache_dir=tmp_path).from_cache
+    assert featurize(many, GraphConfig(), cache_dir=tmp_path).from_cache
+
+
+def test_write_failing_part_way_warns_and_still_returns_graphs(tmp_path, monkeypatch):
+    real_add = fz._CacheWriter.add
+
+    def disk_full(self, part):
+        if self.ids:
+            raise OSError(28, "No space left on device")
+        real_add(self, part)
+
+    monkeypatch.setattr(fz, "PARALLEL_THRESHOLD", 10**9)
+    monkeypatch.setattr(fz._CacheWriter, "add", disk_full)
+    many = [Entry(f"{e.id}-{k}", e.where, e.content) for k in range(3) for e in entries()]
+    with pytest.warns(UserWarning, match="No space left"):
+        gs = featurize(many, GraphConfig(), cache_dir=tmp_path)
+    assert len(gs) == 9 and not gs.mapped and not gs.from_cache
+    assert list((tmp_path / "graphs").iterdir()) == []
+    assert_same_graphs(gs, featurize(many, GraphConfig(), use_cache=False))
 
 
 def test_unwritable_cache_warns_once_and_still_returns_graphs(tmp_path):

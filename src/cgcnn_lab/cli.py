@@ -27,6 +27,9 @@ def _add_data_options(p: argparse.ArgumentParser, graph: bool = True) -> None:
     g.add_argument("--cache-dir", help="graph cache folder (default: $CGCNN_LAB_CACHE or ~/.cache/cgcnn-lab)")
     g.add_argument("--no-cache", action="store_true", help="featurise from scratch and do not write the cache")
     g.add_argument("--jobs", type=int, default=0, help="featurisation processes (0: all cores for large data)")
+    g.add_argument("--stream", choices=["auto", "on", "off"], default="auto",
+                   help="read batches from the memory-mapped graph cache instead of loading it (auto: when the "
+                        "graphs would take over a quarter of the free memory)")
     if graph:
         g = p.add_argument_group("crystal graph")
         g.add_argument("--radius", type=float, default=8.0, help="neighbour cutoff in Å (default 8)")
@@ -116,6 +119,7 @@ def _data_options(args):
         radius=getattr(args, "radius", 8.0), max_neighbors=getattr(args, "max_neighbors", 12),
         gaussian_step=getattr(args, "gaussian_step", 0.2), gaussian_width=getattr(args, "gaussian_width", None),
         cache_dir=args.cache_dir, use_cache=not args.no_cache, jobs=args.jobs,
+        stream={"auto": None, "on": True, "off": False}[args.stream],
     )
 
 
@@ -198,6 +202,7 @@ def cmd_predict(args) -> int:
                          f"{trained.encoding.n_features}")
     dataset = build_dataset(raw, trained.graph_config, encoding, data.cache_dir, data.use_cache, data.strict,
                             data.jobs)
+    dataset.stream = data.stream
     print(dataset.summary())
     pred = predict_outputs(trained.model, dataset, trained.transform)
     frame = pd.DataFrame({"id": dataset.ids})

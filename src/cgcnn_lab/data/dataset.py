@@ -17,7 +17,7 @@ from cgcnn_lab.data.sources import DataError, Problem, ProblemLog, RawDataset, s
 
 @dataclass
 class CrystalDataset(torch.utils.data.Dataset):
-    """Crystals as PyTorch Geometric ``Data`` objects (z, edge_index, distance, y), built once and kept in memory."""
+    """Featurised crystals + targets; ``dataset[i]`` is one crystal as a PyTorch Geometric ``Data`` object."""
 
     name: str
     graphs: GraphSet
@@ -25,6 +25,7 @@ class CrystalDataset(torch.utils.data.Dataset):
     target_names: list[str]
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stream: bool | None = None  # batches read from the memory-mapped cache (data/batching.py); None: by size
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -35,9 +36,9 @@ class CrystalDataset(torch.utils.data.Dataset):
         if not -len(g) <= i < len(g):
             raise IndexError(f"crystal {i} out of range for {len(g)} crystals")
         i = int(i) % len(g)
-        a0, a1, e0, e1 = (int(v) for v in (g.atom_ptr[i], g.atom_ptr[i + 1], g.edge_ptr[i], g.edge_ptr[i + 1]))
-        d = Data(z=torch.from_numpy(g.z[a0:a1]), edge_index=torch.from_numpy(g.edge_index[:, e0:e1]),
-                 distance=torch.from_numpy(g.distance[e0:e1]), num_nodes=a1 - a0)
+        graph = g.graph(i)
+        d = Data(z=torch.from_numpy(graph.z), edge_index=torch.from_numpy(graph.edge_index),
+                 distance=torch.from_numpy(graph.distance), num_nodes=graph.n_atoms)
         d.entry = torch.tensor([i])  # position in the dataset (not "index": PyG would offset it)
         if self.targets is not None:
             d.y = torch.as_tensor(self.targets[i : i + 1], dtype=torch.float32)
@@ -45,12 +46,13 @@ class CrystalDataset(torch.utils.data.Dataset):
 
     def loader(
         self, subset=None, batch_size: int = 256, shuffle: bool = False, seed: int = 0, collapse: bool = False,
-        targets: np.ndarray | None = None, device: str = "cpu",
+        targets: np.ndarray | None = None, device: str = "cpu", stream: bool | None = None,
     ):
         """Batches of ``subset`` (positions; default all) sliced from the packed arrays (data/batching.py)."""
         from cgcnn_lab.data.batching import PackedGraphs, PackedLoader
 
-        packed = PackedGraphs(self.graphs, self.targets if targets is None else targets, device, collapse)
+        stream = self.stream if stream is None else stream
+        packed = PackedGraphs(self.graphs, self.targets if targets is None else targets, device, collapse, stream)
         return PackedLoader(packed, subset, batch_size, shuffle, seed)
 
     @property

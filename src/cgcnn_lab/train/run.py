@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cgcnn_lab.data.batching import PackedGraphs, PackedLoader
+from cgcnn_lab.data.batching import STREAM_ABOVE, PackedGraphs, PackedLoader, available_memory
 from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig
@@ -58,6 +58,7 @@ class DataOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     jobs: int = 0
+    stream: bool | None = None  # batches read from the memory-mapped cache; None: when too large for memory
 
     @property
     def use_element_ref(self) -> bool:
@@ -266,6 +267,7 @@ def train(
     dataset = build_dataset(
         raw, graph, encoding, data.cache_dir, data.use_cache, data.strict, data.jobs, progress=opts.progress
     )
+    dataset.stream = data.stream
     log(dataset.summary())
     if len(dataset.target_names) > 1 and model_cfg.task == "classification":
         raise DataError("classification takes exactly one target column")
@@ -283,9 +285,8 @@ def train(
     else:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "n_outputs": targets.shape[1]})
         train_targets = targets
-        train_graphs = dataset.graphs.select(split.train)
         transform = TargetTransform.fit(
-            targets[split.train], train_graphs.z, train_graphs.atom_ptr, data.per_atom, data.use_element_ref
+            targets[split.train], *dataset.graphs.atoms(split.train), data.per_atom, data.use_element_ref
         )
     model_cfg = ModelConfig.from_dict(
         {**model_cfg.to_dict(), "radius": graph.radius, "gaussian_step": graph.gaussian_step,
@@ -316,7 +317,11 @@ def train(
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
         f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
-    packed = PackedGraphs(dataset.graphs, train_targets, collapse=module.model.merges_edges)
+    packed = PackedGraphs(dataset.graphs, train_targets, collapse=module.model.merges_edges, stream=data.stream)
+    if packed.stream:
+        log(f"streaming batches from the memory-mapped graph cache ({dataset.graphs.nbytes() / 1e9:.2f} GB in memory "
+            f"would be over {STREAM_ABOVE:.0%} of the {available_memory() / 1e9:.1f} GB free)"
+            if data.stream is None else "streaming batches from the memory-mapped graph cache (--stream on)")
     train_loader = PackedLoader(packed, split.train, opts.batch_size, shuffle=True, seed=opts.seed)
     val_loader = PackedLoader(packed, split.val, max(opts.batch_size, 256))
     monitor = "val_mae" if transform is not None else "val_loss"
