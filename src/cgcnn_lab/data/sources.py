@@ -474,7 +474,8 @@ def check_structure(structure: Structure, where: str) -> Structure:
         raise DataError(f"{where}: too many atoms: {len(structure)} (the limit is {MAX_ATOMS})")
     if not structure.is_ordered:
         raise DataError(f"{where}: disordered structure (partial occupancy); CGCNN needs one element per site")
-    volume = structure.lattice.volume
+    with np.errstate(all="ignore"):  # an impossible cell (NaN lattice) is reported below, not warned about
+        volume = structure.lattice.volume
     if not math.isfinite(volume) or volume < 1e-3 * len(structure):
         raise DataError(f"{where}: degenerate lattice (cell volume {volume:.3g} Å^3)")
     if not np.isfinite(structure.frac_coords).all():
