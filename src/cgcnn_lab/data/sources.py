@@ -317,10 +317,11 @@ def read_table(
     if target_values is not None:
         target_values[frame[list(targets)].isna().to_numpy()] = None  # null / NaN cell of a JSON or Parquet table
     extras = frame[list(extra_cols)].to_dict("records") if extra_cols else None
+    id_missing = frame[id_col].isna().to_numpy() if id_col else np.zeros(len(frame), dtype=bool)
     entries: list[Entry] = []
     for row, (entry_id, content) in enumerate(zip(ids, structures)):
         where = f"{path.name} row {row + 1} (id {entry_id})"
-        if not entry_id.strip() or (id_col and frame[id_col].isna().iat[row]):
+        if not entry_id.strip() or id_missing[row]:
             log.add(where, entry_id, f"missing id: column '{id_col}' is empty")
             continue
         if isinstance(content, dict):
