@@ -272,3 +272,17 @@ def test_fold_split_validation_is_a_fraction_of_the_training_folds():
     assert len(split.test) == 200 and len(split.val) == 80 and len(split.train) == 720
     assert not set(split.val) & set(split.train) and (folds[split.val] != 0).all()
     assert np.array_equal(split.val, fold_split(folds, 0, 0.1, seed=0).val)
+
+
+def test_ema_validates_and_predicts_with_averaged_weights(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "ema", epochs=3, ema=0.9), log=lambda *_: None)
+    ckpt = safe_load(result.out / "checkpoints" / "last.ckpt")
+    raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]  # Lightning's EMAWeightAveraging layout
+    assert set(raw) == set(averaged)
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    trained = load_trained(result.out / "checkpoints" / "last.ckpt")
+    for name, value in trained.model.state_dict().items():  # predictions use the averaged weights
+        torch.testing.assert_close(value, averaged[f"model.{name}"])
+    with pytest.raises(DataError, match="between 0 and 1"):
+        train(data, small_model(), quick(tmp_path, "bad", epochs=1, ema=1.5), log=lambda *_: None)

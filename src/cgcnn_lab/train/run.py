@@ -90,6 +90,8 @@ class TrainOptions:
     scheduler: str = "cosine"
     loss: str = "mse"  # or "l1"
     patience: int = 0  # early stopping after this many epochs without validation improvement; 0: off
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999), used to validate and
+    #                   predict; 0: off
     seed: int = 0
     split_seed: int | None = None  # None: same as seed; fixed by the experiment lab so every variant shares splits
     out: str = "runs/cgcnn"
@@ -211,6 +213,18 @@ class EpochMetricsCSV:
                 os.replace(tmp, self.path)
 
         return _Writer()
+
+
+def _ema_callback(decay: float):
+    """Lightning's exponential moving average of the weights: validation, checkpoints' ``state_dict`` and therefore
+    predictions use the averaged weights; the raw ones travel in the checkpoint for ``--resume``."""
+    if not 0.0 < decay < 1.0:
+        raise DataError(f"--ema {decay}: the decay must be between 0 and 1, e.g. 0.999")
+    try:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+    except ImportError:
+        raise DataError("--ema needs lightning >= 2.6 (EMAWeightAveraging)") from None
+    return EMAWeightAveraging(decay=decay)
 
 
 def quiet_lightning() -> None:
@@ -337,6 +351,8 @@ def train(
     ]
     if opts.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=opts.patience))
+    if opts.ema:
+        callbacks.append(_ema_callback(opts.ema))
     if not opts.resume and (out / "metrics.csv").exists():
         (out / "metrics.csv").unlink()
     trainer = L.Trainer(
