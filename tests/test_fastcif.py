@@ -10,7 +10,6 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_lab.data import featurize as fz
 from cgcnn_lab.data.fastcif import plain_cif_graph, read_plain_cif
 from cgcnn_lab.data.featurize import featurize_entries
 from cgcnn_lab.data.graph import GraphConfig
@@ -20,23 +19,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIG = GraphConfig()
 
 
-def both_readers(texts: list[str], config: GraphConfig = CONFIG):
-    entries = [Entry(f"e{k}", f"e{k}.cif", t) for k, t in enumerate(texts)]
+def assert_readers_agree(entries, config: GraphConfig = CONFIG) -> None:
+    """The fast CIF reader and pymatgen's give identical graphs and identical problems for ``entries``."""
     fast = featurize_entries(entries, config, jobs=1)
-    fz.FAST_CIF = False
-    try:
-        slow = featurize_entries(entries, config, jobs=1)
-    finally:
-        fz.FAST_CIF = True
-    return fast, slow
-
-
-def assert_same(fast, slow) -> None:
+    slow = featurize_entries(entries, config, jobs=1, fast_cif=False)
     assert fast[0] == slow[0]
     assert [(p.id, p.message) for p in fast[2]] == [(p.id, p.message) for p in slow[2]]
-    for a, b in zip(fast[1], slow[1], strict=True):
+    for i, a, b in zip(fast[0], fast[1], slow[1], strict=True):
         for name in ("z", "edge_index", "distance"):
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"{i}: {name}")
+
+
+def texts_agree(texts: list[str], config: GraphConfig = CONFIG) -> None:
+    assert_readers_agree([Entry(f"e{k}", f"e{k}.cif", t) for k, t in enumerate(texts)], config)
 
 
 def cif(structure: Structure, **kw) -> str:
@@ -61,7 +56,7 @@ def test_real_datasets_give_pymatgens_graphs_bit_for_bit(name, target):
     entries = load_dataset(str(path), [target] if target else []).entries
     sample = [entries[i] for i in np.random.default_rng(0).choice(len(entries), 150, replace=False)]
     assert all(plain_cif_graph(e.content, CONFIG) is not None for e in sample)  # all take the fast path
-    assert_same(*both_readers([e.content for e in sample]))
+    texts_agree([e.content for e in sample])
 
 
 def test_atoms_come_in_pymatgens_order():
@@ -73,7 +68,7 @@ def test_atoms_come_in_pymatgens_order():
     text = "\n".join(lines)
     cell = read_plain_cif(text)
     assert cell.z.tolist() == list(Structure.from_str(text, fmt="cif").atomic_numbers) == [38, 22, 8, 8, 8]
-    assert_same(*both_readers([text]))
+    texts_agree([text])
 
 
 def test_thirds_written_with_few_digits_are_snapped_like_pymatgen():
@@ -81,13 +76,13 @@ def test_thirds_written_with_few_digits_are_snapped_like_pymatgen():
                   [[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5], [1 / 3, 2 / 3, 0.38], [2 / 3, 1 / 3, 0.88]])
     text = cif(s).replace("0.33333333", "0.3333").replace("0.66666667", "0.6667")
     assert read_plain_cif(text) is not None
-    assert_same(*both_readers([text]))
+    texts_agree([text])
 
 
 def test_numbers_with_uncertainties():
     text = cif(perovskite()).replace("3.90000000", "3.9000(2)").replace("0.50000000", "0.5000(1)")
     assert "(1)" in text and read_plain_cif(text) is not None
-    assert_same(*both_readers([text]))
+    texts_agree([text])
 
 
 def nacl_symmetric() -> str:
@@ -115,14 +110,14 @@ def partial_occupancy() -> str:
 def test_other_files_take_pymatgens_path_with_the_same_result(make, why):
     text = make()
     assert read_plain_cif(text) is None or plain_cif_graph(text, CONFIG) is None, why
-    assert_same(*both_readers([text]))
+    texts_agree([text])
 
 
 def test_a_symmetric_cif_is_expanded_by_pymatgen():
-    (ids, graphs, problems) = featurize_entries([Entry("nacl", "nacl.cif", nacl_symmetric())], CONFIG, jobs=1)
+    (_ids, graphs, problems) = featurize_entries([Entry("nacl", "nacl.cif", nacl_symmetric())], CONFIG, jobs=1)
     assert problems == [] and graphs[0].n_atoms == 8  # the conventional cell, from 2 sites and the operations
 
 
 def test_radius_below_the_overlap_distance():
     """The overlap test searches at 0.5 Å even when the graph's radius is smaller (then pymatgen's path decides)."""
-    assert_same(*both_readers([cif(perovskite())], GraphConfig(radius=0.3)))
+    texts_agree([cif(perovskite())], GraphConfig(radius=0.3))

@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_the_same_result(table, uninterrupted, tmp_path, s
     # that the signal means what it means at a terminal, however the tests were started
     proc = subprocess.Popen(cli(str(table), *COMMON, "--epochs", epochs, "--out", str(killed), cache=cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509  one signal disposition, no locks
     deadline = time.time() + 120
     while epochs_done(killed) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import pickle
 import warnings
 from pathlib import Path
 
@@ -199,19 +197,12 @@ def test_garbage_cache_file_is_rebuilt(tmp_path, name):
     _rebuilt_from(tmp_path, path, fresh)
 
 
-class _Evil:
-    def __reduce__(self):
-        return (Path.touch, (Path(os.environ["EVIL_MARKER"]),))
-
-
 @pytest.mark.parametrize("name", ["meta.json", "ids.json", "problems.json", "z.bin", "edges.bin"])
-def test_pickled_object_in_cache_is_refused_not_unpickled(tmp_path, monkeypatch, name):
-    marker = tmp_path / "unpickled"
-    monkeypatch.setenv("EVIL_MARKER", str(marker))
+def test_pickled_object_in_cache_is_refused_not_unpickled(tmp_path, write_exploit, name):
     path, fresh = _prime(tmp_path / "cache")
-    (path / name).write_bytes(pickle.dumps(_Evil()))
+    write_exploit(path / name, lambda payload: payload)
     _rebuilt_from(tmp_path / "cache", path, fresh)
-    assert not marker.exists()
+    assert not (tmp_path / "pwned").exists()
 
 
 def _edit(path: Path, name: str, dtype: str, change) -> None:

@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
+from test_fastcif import assert_readers_agree
 
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
-from cgcnn_lab.data import featurize as fz
 from cgcnn_lab.data.fastcif import plain_cif_graph
 from cgcnn_lab.data.featurize import featurize_entries
 from cgcnn_lab.data.graph import GraphConfig, GraphError
@@ -283,17 +283,7 @@ def _anchor() -> Structure:
 
 def same_through_both_readers(entries) -> None:
     """The fast CIF reader (data/fastcif.py) and pymatgen's give identical graphs and identical problems."""
-    fast = featurize_entries(entries, CONFIG, jobs=1)
-    fz.FAST_CIF = False
-    try:
-        slow = featurize_entries(entries, CONFIG, jobs=1)
-    finally:
-        fz.FAST_CIF = True
-    assert fast[0] == slow[0]
-    assert [(p.id, p.message) for p in fast[2]] == [(p.id, p.message) for p in slow[2]]
-    for i, a, b in zip(fast[0], fast[1], slow[1]):
-        for name in ("z", "edge_index", "distance"):
-            assert np.array_equal(getattr(a, name), getattr(b, name)), f"{i}: {name} differs between the readers"
+    assert_readers_agree(entries, CONFIG)
     for e in entries:
         try:
             fast_path = plain_cif_graph(e.content, CONFIG) is not None

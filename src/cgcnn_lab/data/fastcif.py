@@ -31,6 +31,7 @@ from cgcnn_lab.data.graph import (
     cell_to_graph,
     neighbor_list,
     search_points,
+    wrap_fractional,
 )
 
 _IDENTITY = re.compile(r"^\+?x,\+?y,\+?z$")
@@ -40,8 +41,6 @@ _GROUP_KEYS = ("_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt", "_
                "_space_group_IT_number")
 _P1 = {"P1", "1"}
 _UNSUPPORTED = ("_magn", "_atom_site_moment", "_atom_site_attached_hydrogens", "_atom_site_aniso_label_")
-_CELL = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
-         "_cell_angle_gamma")
 
 
 @functools.cache
@@ -94,7 +93,7 @@ def read_plain_cif(text: str) -> Cell | None:
     """The cell of a plain P1 CIF as pymatgen would build it (same numbers, same atom order), or None."""
     import gemmi
 
-    from cgcnn_lab.data.sources import MAX_ATOMS
+    from cgcnn_lab.data.sources import CELL_KEYS, MAX_ATOMS
 
     if any(key in text for key in _UNSUPPORTED):
         return None
@@ -113,7 +112,7 @@ def read_plain_cif(text: str) -> Cell | None:
         names = [gemmi.cif.as_string(v).replace(" ", "") for key in _GROUP_KEYS for v in block.find_values(key)]
         if any(name not in _P1 for name in names):
             return None
-    cell = [block.find_value(key) for key in _CELL]
+    cell = [block.find_value(key) for key in CELL_KEYS]
     if any(v is None for v in cell):
         return None
     params = _numbers(cell)
@@ -132,9 +131,7 @@ def read_plain_cif(text: str) -> Cell | None:
         return None
     for ideal in (1 / 3, 2 / 3):  # pymatgen's snapping of finite-precision thirds
         frac[np.abs(frac / ideal - 1) <= 1e-4] = ideal
-    frac = frac - np.floor(frac)
-    if not ((frac >= 0) & (frac < 1)).all():  # x - floor(x) rounds tiny negatives to 1.0: wrap as check_structure does
-        frac = np.mod(frac, 1.0)
+    frac = wrap_fractional(frac - np.floor(frac))  # x - floor(x) rounds tiny negatives to 1.0: wrap as check_structure
     z = np.array([e[0] for e in elements], dtype=np.int64)
     x = np.array([e[1] for e in elements])
     order = np.lexsort((np.array(symbols), x))  # stable: file order among equal (electronegativity, symbol)

@@ -30,7 +30,6 @@ from cgcnn_lab.data.sources import DataError, Entry, Problem
 
 CACHE_VERSION = 3  # 3: a folder of memory-mapped raw arrays (2: one .npz read into memory)
 PARALLEL_THRESHOLD = 1500  # below this, process start-up costs more than it saves
-FAST_CIF = True  # plain P1 CIFs through gemmi (data/fastcif.py); False: everything through pymatgen (for comparisons)
 CHUNK_EDGES = 1 << 22  # whole-set checks and statistics run over crystals in chunks of about this many edges
 
 # The arrays on disk: name -> (little-endian dtype, columns). dtypes are fixed here, never read from the files;
@@ -177,9 +176,10 @@ def cache_key(entries: Sequence[Entry], config: GraphConfig) -> str:
     return h.hexdigest()[:32]
 
 
-def entry_to_graph(entry: Entry, config: GraphConfig) -> CrystalGraph:
-    """One entry's graph: plain P1 CIFs through the fast reader (data/fastcif.py), everything else through pymatgen."""
-    if FAST_CIF and isinstance(entry.content, str) and not entry.content.lstrip().startswith("{"):
+def entry_to_graph(entry: Entry, config: GraphConfig, fast_cif: bool = True) -> CrystalGraph:
+    """One entry's graph: plain P1 CIFs through the fast reader (data/fastcif.py), everything else through pymatgen
+    (``fast_cif=False``: everything, for comparisons)."""
+    if fast_cif and isinstance(entry.content, str) and not entry.content.lstrip().startswith("{"):
         graph = plain_cif_graph(entry.content, config, entry.id)
         if graph is not None:
             return graph
@@ -188,13 +188,13 @@ def entry_to_graph(entry: Entry, config: GraphConfig) -> CrystalGraph:
     return structure_to_graph(parse_structure(entry), config, entry.id)
 
 
-def _featurize_chunk(args: tuple[list[Entry], GraphConfig]) -> GraphSet:
+def _featurize_chunk(args: tuple[list[Entry], GraphConfig, bool]) -> GraphSet:
     """One chunk of entries -> packed graphs + problems (packed in the worker: one array per field to send back)."""
-    entries, config = args
+    entries, config, fast_cif = args
     ids, graphs, problems = [], [], []
     for entry in entries:
         try:
-            graphs.append(entry_to_graph(entry, config))
+            graphs.append(entry_to_graph(entry, config, fast_cif))
             ids.append(entry.id)
         except (DataError, GraphError) as err:
             problems.append(Problem(entry.where, entry.id, _problem_message(err, entry)))
@@ -217,7 +217,7 @@ def _problem_message(err: Exception, entry: Entry) -> str:
 
 
 def featurize_parts(
-    entries: Sequence[Entry], config: GraphConfig, jobs: int = 0, progress: bool = False
+    entries: Sequence[Entry], config: GraphConfig, jobs: int = 0, progress: bool = False, fast_cif: bool = True
 ) -> Iterator[GraphSet]:
     """Packed graphs chunk by chunk, in entry order; in parallel processes for large datasets (``jobs=0``: all cores)."""
     entries = list(entries)
@@ -225,7 +225,7 @@ def featurize_parts(
     if len(entries) < PARALLEL_THRESHOLD:
         jobs = 1
     chunk = max(1, min(500, len(entries) // (jobs * 4) or 1))
-    chunks = [(entries[i : i + chunk], config) for i in range(0, len(entries), chunk)]
+    chunks = [(entries[i : i + chunk], config, fast_cif) for i in range(0, len(entries), chunk)]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -250,10 +250,10 @@ def featurize_parts(
 
 
 def featurize_entries(
-    entries: Sequence[Entry], config: GraphConfig, jobs: int = 0, progress: bool = False
+    entries: Sequence[Entry], config: GraphConfig, jobs: int = 0, progress: bool = False, fast_cif: bool = True
 ) -> tuple[list[str], list[CrystalGraph], list[Problem]]:
     """(ids, graphs, problems) of ``entries``, in memory and uncached: for inspection and tests."""
-    gs = concat(list(featurize_parts(entries, config, jobs, progress)))
+    gs = concat(list(featurize_parts(entries, config, jobs, progress, fast_cif)))
     return [str(i) for i in gs.ids], [gs.graph(i) for i in range(len(gs))], gs.problems
 
 
@@ -358,26 +358,28 @@ def featurize(
     use_cache: bool = True,
     jobs: int = 0,
     progress: bool = False,
+    fast_cif: bool = True,
 ) -> GraphSet:
     """Graphs for ``entries``: from the cache when the same entries and neighbour settings were seen before.
 
     With the cache on, the result is memory-mapped from the cache folder whether it was just written or found.
+    ``fast_cif=False`` reads every CIF with pymatgen (same graphs, slower: for comparisons).
     """
     start = time.perf_counter()
     if not use_cache:  # the key hashes every entry (structures serialised): only worth it when the cache is used
-        gs = concat(list(featurize_parts(entries, config, jobs, progress)))
+        gs = concat(list(featurize_parts(entries, config, jobs, progress, fast_cif)))
         gs.seconds = time.perf_counter() - start
         return gs
     path = Path(cache_dir or default_cache_dir()) / "graphs" / cache_key(entries, config)
     gs = _load(path, entries)
     if gs is None:
         try:
-            gs = _write(path, featurize_parts(entries, config, jobs, progress), entries)
+            gs = _write(path, featurize_parts(entries, config, jobs, progress, fast_cif), entries)
         except OSError as err:  # a read-only or full disk must not stop a run: featurise in memory instead
             import warnings
 
             warnings.warn(f"could not write graph cache {path}: {err}", stacklevel=2)
-            gs = concat(list(featurize_parts(entries, config, jobs, progress)))
+            gs = concat(list(featurize_parts(entries, config, jobs, progress, fast_cif)))
     else:
         where = {e.id: e.where for e in entries}  # the files may have moved since the cache was written
         gs.problems = [Problem(where.get(p.id, p.where), p.id, p.message) for p in gs.problems]

@@ -150,15 +150,21 @@ def search_points(matrix: np.ndarray, n_atoms: int, radius: float) -> float:
     return float(n_atoms * np.prod(2 * np.ceil(radius / heights) + 1))
 
 
+def wrap_fractional(frac: np.ndarray) -> np.ndarray:
+    """Fractional coordinates in [0, 1): the same array when they already are (no rounding), else mod 1."""
+    return frac if ((frac >= 0) & (frac < 1)).all() else np.mod(frac, 1.0)
+
+
 def wrap_into_cell(structure: Structure) -> Structure:
     """The same crystal with fractional coordinates in [0, 1). pymatgen's neighbour search grids the atoms'
     unwrapped extent: two atoms at (0,0,0) and (3,3,3.5) of a 100 Å cell asked for 6.9 GB."""
     frac = structure.frac_coords
-    if ((frac >= 0) & (frac < 1)).all():
+    wrapped = wrap_fractional(frac)
+    if wrapped is frac:
         return structure
     from pymatgen.core import Structure
 
-    return Structure(structure.lattice, structure.species, np.mod(frac, 1.0), site_properties=structure.site_properties)
+    return Structure(structure.lattice, structure.species, wrapped, site_properties=structure.site_properties)
 
 
 def search_size_problem(structure: Structure, radius: float) -> str | None:
