@@ -32,6 +32,7 @@ class CGCNNModule(L.LightningModule):
         self.model = build_model(spec)
         self.task = spec["model"]["task"]
         self.transform = TargetTransform.from_dict(spec["transform"]) if self.task == "regression" else None
+        self._sums: dict[str, dict] = {}
 
     def forward(self, batch) -> torch.Tensor:
         return self.model(batch)
@@ -43,22 +44,35 @@ class CGCNNModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         out = self.model(batch)
-        n = batch.num_graphs
         if self.task == "classification":
             labels = batch.y[:, 0].long()
             loss = F.nll_loss(out, labels)
-            self.log(f"{stage}_accuracy", (out.argmax(1) == labels).float().mean(), batch_size=n, on_epoch=True,
-                     on_step=False, sync_dist=self._sync)
+            self._accumulate(stage, batch.num_graphs, loss=loss, accuracy=(out.argmax(1) == labels).float().mean())
         else:
             target = self.transform.encode(batch.y, batch)
             loss = F.l1_loss(out, target) if self.optim["loss"] == "l1" else F.mse_loss(out, target)
             # MAE in the unit the model learns (per atom with --per-atom), the number a user compares
             y_true = self.transform.intensive(batch.y, batch)
             mae = (self.transform.decode_intensive(out.detach(), batch) - y_true).abs().mean()
-            self.log(f"{stage}_mae", mae, batch_size=n, on_epoch=True, on_step=False, sync_dist=self._sync)
-        self.log(f"{stage}_loss", loss, batch_size=n, on_epoch=True, on_step=False, prog_bar=stage == "val",
-                 sync_dist=self._sync)
+            self._accumulate(stage, batch.num_graphs, loss=loss, mae=mae)
         return loss
+
+    def _accumulate(self, stage: str, n: int, **values: torch.Tensor) -> None:
+        """Crystal-weighted sums of this epoch's metrics. ``self.log`` costs ~1.5 ms a call on CPU (10% of a
+        Castelli epoch at two calls a step), so metrics are summed here and logged once per epoch."""
+        sums = self._sums.setdefault(stage, {"crystals": 0})
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() * n
+        sums["crystals"] += n
+
+    def _log_epoch(self, stage: str) -> None:
+        sums = self._sums.pop(stage, None)
+        if not sums:
+            return
+        n = sums.pop("crystals")
+        for name, total in sums.items():
+            self.log(f"{stage}_{name}", total / n, on_step=False, on_epoch=True, batch_size=n,
+                     prog_bar=stage == "val" and name == "loss", sync_dist=self._sync)
 
     @property
     def _sync(self) -> bool:
@@ -74,10 +88,20 @@ class CGCNNModule(L.LightningModule):
             torch.set_rng_state(checkpoint["rng_state"])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            # logged from the last step, not on_train_epoch_end: callbacks (metrics.csv) run before the module's hook
+            self._log_epoch("train")
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.pop("train", None)  # a resumed or interrupted epoch starts its sums afresh
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def configure_optimizers(self):
         o = self.optim
