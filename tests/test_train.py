@@ -36,8 +36,8 @@ def small_model(**kw) -> ModelConfig:
     return ModelConfig(n_conv=2, atom_fea_len=32, h_fea_len=32, **kw)
 
 
-def quick(tmp_path: Path, name: str, epochs: int = 6, **kw) -> TrainOptions:
-    return TrainOptions(epochs=epochs, batch_size=32, lr=3e-3, out=str(tmp_path / name), progress=False, **kw)
+def quick(tmp_path: Path, name: str, epochs: int = 6, lr: float = 3e-3, **kw) -> TrainOptions:
+    return TrainOptions(epochs=epochs, batch_size=32, lr=lr, out=str(tmp_path / name), progress=False, **kw)
 
 
 def test_short_run_lowers_loss_and_writes_run_folder(table, cache, tmp_path):
@@ -286,3 +286,54 @@ def test_ema_validates_and_predicts_with_averaged_weights(table, cache, tmp_path
         torch.testing.assert_close(value, averaged[f"model.{name}"])
     with pytest.raises(DataError, match="between 0 and 1"):
         train(data, small_model(), quick(tmp_path, "bad", epochs=1, ema=1.5), log=lambda *_: None)
+
+
+def test_continue_from_fits_references_to_the_pretrained_models_errors():
+    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(2, 9, size=40)
+    atom_ptr = np.concatenate([[0], np.cumsum(counts)])
+    z = rng.choice([8, 26, 64, 82], size=atom_ptr[-1])
+    shift = np.zeros(119)
+    shift[[8, 26, 64, 82]] = [0.1, -0.3, -1.8, 0.4]  # per-element disagreements between old and new data, eV/atom
+    zero_shot_per_atom = rng.normal(-6.0, 1.5, size=(40, 1))
+    fractions = composition_fractions(z, atom_ptr)
+    targets = (zero_shot_per_atom + 0.2 + fractions @ shift[:, None]) * counts[:, None]  # totals, as in the course
+    pretrained = TargetTransform(False, [-6.1], [1.7])
+    kept = TargetTransform.continue_from(pretrained, targets, zero_shot_per_atom * counts[:, None], z, atom_ptr,
+                                         per_atom=True, element_ref=True)
+    assert kept is not None and kept.per_atom and kept.std == [1.7]
+    # the pretrained output (normalised with its own mean and std) decodes to the new targets exactly
+    baseline = fractions @ np.asarray(kept.element_ref)
+    decoded = ((zero_shot_per_atom - (-6.1)) / 1.7) * 1.7 + kept.mean[0] + baseline
+    np.testing.assert_allclose(decoded * counts[:, None], targets, atol=1e-2)
+    # a different quantity (a band gap around 1 eV) is not continued: the head is rescaled instead
+    gaps = rng.uniform(0, 3, size=(40, 1))
+    assert TargetTransform.continue_from(pretrained, gaps, zero_shot_per_atom, z, atom_ptr, False) is None
+
+
+def test_init_from_starts_from_the_pretrained_predictions(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    first = train(data, small_model(), quick(tmp_path, "first", epochs=4), log=lambda *_: None)
+    lines: list[str] = []
+    opts = quick(tmp_path, "tuned", epochs=1, init_from=str(first.out), freeze_convs=True, lr=1e-9)
+    tuned = train(data, ModelConfig(), opts, log=lines.append)
+    assert any("training starts from its predictions" in line for line in lines)
+    old, new = load_trained(first.out).transform, load_trained(tuned.out).transform
+    assert new.std == old.std and new.element_ref is None  # the head keeps its scale; its mean error is removed
+    before = pd.read_csv(first.out / "test_results.csv")
+    after = pd.read_csv(tuned.out / "test_results.csv")
+    # one epoch at a negligible learning rate changes only the batch-norm statistics
+    moved = after.prediction - (before.prediction + new.mean[0] - old.mean[0])
+    assert moved.abs().mean() < 0.2 * (before.prediction - before.target).abs().mean()
+    # a target on another scale gets a rescaled head
+    scaled = tmp_path / "scaled.csv.gz"
+    frame = pd.read_csv(table)
+    frame[DEMO_TARGET] = frame[DEMO_TARGET] * 100 + 500
+    frame.to_csv(scaled, index=False)
+    lines.clear()
+    rescaled = train(DataOptions(source=str(scaled), targets=[DEMO_TARGET], cache_dir=cache), ModelConfig(),
+                     quick(tmp_path, "rescaled", epochs=1, init_from=str(first.out)), log=lines.append)
+    assert any("output layer is rescaled" in line for line in lines)
+    assert load_trained(rescaled.out).transform.std[0] > 10 * load_trained(first.out).transform.std[0]

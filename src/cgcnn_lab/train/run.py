@@ -227,6 +227,25 @@ def _ema_callback(decay: float):
     return EMAWeightAveraging(decay=decay)
 
 
+def _continue_transform(pretrained, dataset: CrystalDataset, split: Split, data: DataOptions,
+                        fitted: TargetTransform, log) -> TargetTransform:
+    """Fine-tuning on the pretrained model's own quantity: keep its output scale (see TargetTransform.continue_from)."""
+    from cgcnn_lab.predict import predict_outputs
+
+    base = pretrained.transform.with_per_atom(data.per_atom)
+    zero_shot = predict_outputs(pretrained.model, dataset, base, subset=split.train)
+    kept = TargetTransform.continue_from(
+        base, dataset.targets[split.train], zero_shot, *dataset.graphs.atoms(split.train), data.per_atom,
+        data.use_element_ref,
+    )
+    if kept is None:
+        log("the targets are not on the pretrained model's scale: its output layer is rescaled to them")
+        return fitted
+    log("the targets are the pretrained model's quantity: training starts from its predictions"
+        + (", with per-element references fitted to its errors on the training split" if kept.element_ref else ""))
+    return kept
+
+
 def quiet_lightning() -> None:
     """Lightning's banners ('GPU available', tips) are noise here; real warnings still show."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
@@ -306,6 +325,8 @@ def train(
         transform = TargetTransform.fit(
             targets[split.train], *dataset.graphs.atoms(split.train), data.per_atom, data.use_element_ref
         )
+        if pretrained is not None and pretrained.transform is not None:
+            transform = _continue_transform(pretrained, dataset, split, data, transform, log)
     model_cfg = ModelConfig.from_dict(
         {**model_cfg.to_dict(), "radius": graph.radius, "gaussian_step": graph.gaussian_step,
          "gaussian_width": graph.gaussian_width}

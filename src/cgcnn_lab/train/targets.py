@@ -67,6 +67,43 @@ class TargetTransform:
         return cls(per_atom, [float(v) for v in q.mean(axis=0)], [float(v) for v in std],
                    None if ref is None else ref.tolist())
 
+    @classmethod
+    def continue_from(
+        cls, pretrained: TargetTransform, targets: np.ndarray, zero_shot: np.ndarray, z: np.ndarray,
+        atom_ptr: np.ndarray, per_atom: bool, element_ref: bool = False,
+    ) -> TargetTransform | None:
+        """A transform that keeps a pretrained model's output scale, so fine-tuning starts from its predictions.
+
+        ``zero_shot`` [S, T] are the pretrained model's predictions for the training ``targets`` (data unit). With
+        ``element_ref``, per-element references are fitted to what the pretrained model gets wrong (``q - zero_shot``
+        per atom): the standard per-element shifts between its training data and the new data (changed
+        pseudopotentials, energy corrections) are removed before the first step, and the network refines the rest.
+        None when the targets are not the pretrained model's quantity (their mean is further than three pretrained
+        standard deviations from its predictions' mean, or their spread differs by more than a factor of three):
+        then the head is rescaled to the new targets as usual.
+        """
+        if pretrained.element_ref is not None or len(pretrained.mean) != targets.shape[1]:
+            return None
+        n_atoms = np.diff(atom_ptr).astype(np.float64)[:, None]
+        q, q0 = (targets / n_atoms, zero_shot / n_atoms) if per_atom else (targets, zero_shot)
+        pm, ps = np.asarray(pretrained.mean), np.asarray(pretrained.std)
+        if np.any(np.abs(q.mean(axis=0) - q0.mean(axis=0)) > 3 * ps) or np.any(q.std(axis=0) > 3 * ps) \
+                or np.any(q.std(axis=0) < ps / 3):
+            return None
+        residual = q - q0
+        ref = None
+        if element_ref:
+            fractions = composition_fractions(z, atom_ptr)
+            ref = fit_element_references(fractions, residual)
+            residual = residual - fractions @ ref
+        shift = residual.mean(axis=0)
+        return cls(per_atom, [float(v) for v in pm + shift], [float(v) for v in ps], None if ref is None else ref.tolist())
+
+    def with_per_atom(self, per_atom: bool) -> TargetTransform:
+        """The same numbers for a target read per atom (or not): the original code's models predict per-atom
+        quantities directly, while a data set may hold the totals."""
+        return TargetTransform(per_atom, list(self.mean), list(self.std), self.element_ref)
+
     def _baseline(self, batch, like: torch.Tensor) -> torch.Tensor | float:
         """Σ_i c_i ref[z_i] per crystal of the batch (0 without element references)."""
         if self.element_ref is None:
