@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from pymatgen.core import Lattice, Structure
 from scipy.spatial.transform import Rotation
+from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import global_add_pool
 
@@ -386,3 +387,31 @@ def test_pyg_convolutions_train_and_are_permutation_invariant(table, conv: str) 
     perm = np.roll(np.arange(len(s)), 2)
     permuted = Structure(s.lattice, [s[i].specie for i in perm], s.frac_coords[perm])
     torch.testing.assert_close(predict(model, permuted), predict(model, s), atol=1e-5, rtol=0)
+
+
+def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
+    """The hand-written backward of the merged-edge batch norm against autograd of nn.BatchNorm1d on the
+    expanded rows (float64: agreement to rounding)."""
+    from cgcnn_lab.model.convs import edge_batch_norm
+
+    torch.manual_seed(0)
+    rows, channels = 50, 6
+    x = torch.randn(rows, channels, dtype=torch.float64, requires_grad=True)
+    weight = torch.randint(1, 5, (rows,)).double()
+    upstream = torch.randn(rows, channels, dtype=torch.float64)
+    merged, expanded = (nn.BatchNorm1d(channels).double() for _ in range(2))
+    with torch.no_grad():
+        merged.weight.uniform_(0.5, 1.5)
+        merged.bias.uniform_(-1, 1)
+    expanded.load_state_dict(merged.state_dict())
+
+    (edge_batch_norm(x, merged, weight) * upstream).sum().backward()
+    grads = [x.grad.clone(), merged.weight.grad, merged.bias.grad]
+    x.grad = None
+    repeat = torch.repeat_interleave(torch.arange(rows), weight.long())
+    # each merged row stands for `weight` copies; its upstream gradient is their sum (as sum_over_neighbors gives)
+    (expanded(x[repeat]) * (upstream / weight[:, None])[repeat]).sum().backward()
+    for a, b in zip(grads, [x.grad, expanded.weight.grad, expanded.bias.grad], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(merged.running_mean, expanded.running_mean)
+    torch.testing.assert_close(merged.running_var, expanded.running_var)

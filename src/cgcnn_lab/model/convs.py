@@ -48,9 +48,43 @@ def sum_over_neighbors(
 ) -> torch.Tensor:
     """Σ_j messages_ij for every centre i (deterministic on CPU); a merged edge counts ``weight`` times."""
     if weight is not None:
-        messages = messages * weight.unsqueeze(1)
+        messages = messages * weight.unsqueeze(1).to(messages.dtype)
     out = messages.new_zeros((n_atoms, messages.shape[1]))
     return out.index_add_(0, center, messages)
+
+
+class _WeightedBatchNorm(torch.autograd.Function):
+    """Batch norm whose statistics count row e ``weight[e]`` times, with the backward written out.
+
+    Autograd through the composite (two GEMVs, centring, rsqrt, addcmul) keeps several E×C intermediates and
+    walks them in many passes; this keeps one (x̂) and needs five: ~2x faster on a Castelli batch. With
+    w_e = weight_e / Σ weight and g = γ / σ, the gradient of the multiplicity-weighted statistics is
+
+        dx_e = g ⊙ (dy_e − w_e (Σ_k dy_k + x̂_e ⊙ Σ_k dy_k ⊙ x̂_k))
+
+    which for unit weights is the familiar batch-norm backward (checked against autograd in tests/test_model.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, eps: float):
+        w = (weight / weight.sum()).unsqueeze(0).to(x.dtype)  # [1, E]
+        mean = w @ x  # [1, C]: a GEMV instead of elementwise passes
+        centred = x - mean
+        var = w @ (centred * centred)
+        inv = torch.rsqrt(var + eps)
+        x_hat = centred.mul_(inv)
+        ctx.save_for_backward(x_hat, w, inv, gamma)
+        return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x_hat, w, inv, gamma = ctx.saved_tensors
+        dbeta = dy.sum(0)
+        dgamma = (dy * x_hat).sum(0)
+        g = gamma * inv  # [1, C]
+        dx = dy * g
+        dx -= w.T * torch.addcmul(g * dbeta, x_hat, g * dgamma)
+        return dx, None, dgamma, dbeta, None
 
 
 def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None) -> torch.Tensor:
@@ -61,17 +95,13 @@ def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None)
     """
     if weight is None or not isinstance(bn, nn.BatchNorm1d) or not bn.training:
         return bn(x)
-    w = weight.unsqueeze(0)  # [1, E]
-    total = weight.sum()
-    mean = (w @ x) / total  # [1, C]: a GEMV instead of elementwise passes
-    centred = x - mean
-    var = (w @ (centred * centred)) / total
-    scale = torch.rsqrt(var + bn.eps) * bn.weight
+    out, mean, var = _WeightedBatchNorm.apply(x, weight, bn.weight, bn.bias, bn.eps)
     with torch.no_grad():
+        total = weight.sum()
         bn.num_batches_tracked += 1
-        bn.running_mean.lerp_(mean[0], bn.momentum)
-        bn.running_var.lerp_(var[0] * total / (total - 1).clamp_min(1), bn.momentum)
-    return torch.addcmul(bn.bias, centred, scale)
+        bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)  # bf16 under autocast: stats stay fp32
+        bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)
+    return out
 
 
 class GatedConv(nn.Module):
