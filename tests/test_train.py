@@ -337,3 +337,17 @@ def test_init_from_starts_from_the_pretrained_predictions(table, cache, tmp_path
                      quick(tmp_path, "rescaled", epochs=1, init_from=str(first.out)), log=lines.append)
     assert any("output layer is rescaled" in line for line in lines)
     assert load_trained(rescaled.out).transform.std[0] > 10 * load_trained(first.out).transform.std[0]
+
+
+def test_bf16_mixed_precision_trains_with_an_fp32_head(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    result = train(data, small_model(), quick(tmp_path, "bf16", epochs=8, precision="bf16-mixed"), log=lambda *_: None)
+    curve = pd.read_csv(result.out / "metrics.csv")
+    assert curve["train_loss"].iloc[-1] < 0.5 * curve["train_loss"].iloc[0]
+    results = pd.read_csv(result.out / "test_results.csv")
+    assert result.metrics["test_mae"] < 0.5 * (results.target - results.target.mean()).abs().mean()
+    batch = next(iter(result.dataset.loader(range(8), batch_size=8)))
+    model = load_trained(result.out).model
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.atom_features(batch).dtype == torch.bfloat16  # the convolutions do run in bf16
+        assert model(batch).dtype == torch.float32  # pooling and head leave autocast: full-resolution outputs

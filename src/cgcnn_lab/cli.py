@@ -104,6 +104,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--freeze-convs", action="store_true",
                    help="with --init-from: keep the embedding and convolutions fixed, train the rest")
     g.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto (Lightning)")
+    g.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                   help="bf16-mixed: convolutions in bfloat16 (GPUs; CPUs with AMX/AVX512-BF16), head and loss in fp32")
     g.add_argument("--devices", default="1", help="devices (processes) per node, e.g. 2; 'auto' for all GPUs")
     g.add_argument("--strategy", default="auto",
                    help="Lightning strategy: ddp (data parallel; torchrun/SLURM compatible), ddp_spawn, auto")
@@ -149,7 +151,7 @@ def _train_options(args, default_out: str):
         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, scheduler=args.scheduler,
         loss=args.loss, patience=args.patience, ema=args.ema, seed=args.seed, out=args.out or default_out, resume=args.resume,
         init_from=args.init_from, freeze_convs=args.freeze_convs,
-        accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+        accelerator=args.accelerator, precision=args.precision, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
         progress=not args.no_progress, preset=getattr(args, "preset", None),
     )
 

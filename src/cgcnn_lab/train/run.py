@@ -99,6 +99,7 @@ class TrainOptions:
     init_from: str | None = None  # checkpoint (ours or the original CGCNN's) to start from: fine-tuning
     freeze_convs: bool = False  # with init_from: train only the layers after pooling
     accelerator: str = "cpu"
+    precision: str = "32-true"  # Lightning precision; "bf16-mixed" runs the convolutions in bfloat16
     devices: str = "1"  # per node; with several, --batch-size is the global batch, split over the processes
     strategy: str = "auto"  # Lightning strategy, e.g. "ddp" (torchrun compatible) or "ddp_spawn"
     num_nodes: int = 1
@@ -378,7 +379,7 @@ def train(
         (out / "metrics.csv").unlink()
     trainer = L.Trainer(
         max_epochs=opts.epochs, accelerator=opts.accelerator, devices=_devices(opts.devices), callbacks=callbacks,
-        strategy=opts.strategy, num_nodes=opts.num_nodes,
+        strategy=opts.strategy, num_nodes=opts.num_nodes, precision=opts.precision,
         # bit-reproducible on CPU; CUDA's index_add (the neighbour sums) has no deterministic kernel
         logger=False, deterministic=opts.accelerator == "cpu", enable_model_summary=False, enable_progress_bar=opts.progress,
         num_sanity_val_steps=0, default_root_dir=str(out),
