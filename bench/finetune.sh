@@ -19,3 +19,9 @@ atom_init=$shared/data/homework/perovskite_energy/atom_init.json   # the origina
     --n-conv 4 --h-fea-len 32 --epochs 100 --seeds 3 --parallel 2 --no-progress \
     --grid init_from=scratch,$pretrained/final-energy-per-atom.pth.tar --grid element_ref=on,off \
     --out "$out/finetune-course"
+
+# Course perovskites, fine-tuning that starts from the checkpoint's predictions (kept output scale, element references
+# fitted to its errors; commit 335757a) at a fine-tuning learning rate
+.venv/bin/cgcnn-lab compare $shared/data/homework/perovskite_energy --per-atom --unit eV \
+    --n-conv 4 --h-fea-len 32 --epochs 100 --lr 5e-4 --seeds 3 --parallel 2 --no-progress \
+    --grid init_from=$pretrained/final-energy-per-atom.pth.tar --out "$out/finetune-course-continued"
