@@ -351,3 +351,22 @@ def test_bf16_mixed_precision_trains_with_an_fp32_head(table, cache, tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.atom_features(batch).dtype == torch.bfloat16  # the convolutions do run in bf16
         assert model(batch).dtype == torch.float32  # pooling and head leave autocast: full-resolution outputs
+
+
+def test_continue_from_keeps_the_pretrained_models_own_references():
+    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+
+    rng = np.random.default_rng(1)
+    counts = rng.integers(2, 9, size=30)
+    atom_ptr = np.concatenate([[0], np.cumsum(counts)])
+    z = rng.choice([3, 8, 26], size=atom_ptr[-1])
+    old_ref = np.zeros((119, 1))
+    old_ref[[3, 8, 26]] = [[-1.0], [-4.0], [-7.0]]
+    pretrained = TargetTransform(True, [0.0], [0.3], old_ref.tolist())
+    fractions = composition_fractions(z, atom_ptr)
+    zero_shot = (fractions @ old_ref + rng.normal(0, 0.3, size=(30, 1))) * counts[:, None]
+    kept = TargetTransform.continue_from(pretrained, zero_shot + 0.05 * counts[:, None], zero_shot, z, atom_ptr,
+                                         per_atom=True, element_ref=False)
+    assert kept is not None
+    np.testing.assert_allclose(kept.element_ref, old_ref)  # still part of the starting predictions
+    assert kept.mean[0] == pytest.approx(0.05) and kept.std == [0.3]

@@ -78,24 +78,29 @@ class TargetTransform:
         ``element_ref``, per-element references are fitted to what the pretrained model gets wrong (``q - zero_shot``
         per atom): the standard per-element shifts between its training data and the new data (changed
         pseudopotentials, energy corrections) are removed before the first step, and the network refines the rest.
-        None when the targets are not the pretrained model's quantity (their mean is further than three pretrained
-        standard deviations from its predictions' mean, or their spread differs by more than a factor of three):
-        then the head is rescaled to the new targets as usual.
+        A pretrained model's own element references stay part of its predictions (the new ones are added to them).
+        None when the targets are not the pretrained model's quantity (their mean is further than three of its
+        scales from its predictions', or their spread differs from that scale by more than a factor of three; the
+        scale is the larger of its predictions' spread and its training targets'): then the head is rescaled to the
+        new targets as usual.
         """
-        if pretrained.element_ref is not None or len(pretrained.mean) != targets.shape[1]:
+        if len(pretrained.mean) != targets.shape[1]:
             return None
         n_atoms = np.diff(atom_ptr).astype(np.float64)[:, None]
         q, q0 = (targets / n_atoms, zero_shot / n_atoms) if per_atom else (targets, zero_shot)
         pm, ps = np.asarray(pretrained.mean), np.asarray(pretrained.std)
-        if np.any(np.abs(q.mean(axis=0) - q0.mean(axis=0)) > 3 * ps) or np.any(q.std(axis=0) > 3 * ps) \
-                or np.any(q.std(axis=0) < ps / 3):
+        # the scale of the pretrained quantity: the spread of its predictions here, or of its own training targets
+        scale, spread = np.maximum(q0.std(axis=0), ps), q.std(axis=0)
+        if np.any(np.abs(q.mean(axis=0) - q0.mean(axis=0)) > 3 * scale) or np.any(spread > 3 * scale) \
+                or np.any(spread < scale / 3):
             return None
         residual = q - q0
-        ref = None
+        ref = None if pretrained.element_ref is None else np.asarray(pretrained.element_ref)  # part of its predictions
         if element_ref:
             fractions = composition_fractions(z, atom_ptr)
-            ref = fit_element_references(fractions, residual)
-            residual = residual - fractions @ ref
+            fitted = fit_element_references(fractions, residual)
+            residual = residual - fractions @ fitted
+            ref = fitted if ref is None else ref + fitted
         shift = residual.mean(axis=0)
         return cls(per_atom, [float(v) for v in pm + shift], [float(v) for v in ps], None if ref is None else ref.tolist())
 
