@@ -370,3 +370,24 @@ def test_continue_from_keeps_the_pretrained_models_own_references():
     assert kept is not None
     np.testing.assert_allclose(kept.element_ref, old_ref)  # still part of the starting predictions
     assert kept.mean[0] == pytest.approx(0.05) and kept.std == [0.3]
+
+
+def test_predict_ensemble_averages_the_models(table, cache, tmp_path, capsys):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    runs = [train(data, small_model(), quick(tmp_path, f"seed{s}", epochs=2, seed=s), log=lambda *_: None).out
+            for s in (0, 1)]
+    singles = []
+    for k, run in enumerate(runs):
+        assert main(["predict", str(run), str(table), "--out", str(tmp_path / f"p{k}.csv"), "--cache-dir", cache]) == 0
+        singles.append(pd.read_csv(tmp_path / f"p{k}.csv")["prediction"].to_numpy())
+    out = tmp_path / "ensemble.csv"
+    assert main(["predict", str(runs[0]), str(table), "--ensemble", str(runs[1]), "--out", str(out),
+                 "--cache-dir", cache]) == 0
+    frame = pd.read_csv(out)
+    np.testing.assert_allclose(frame["prediction"], np.mean(singles, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(frame["prediction_std"], np.std(singles, axis=0), rtol=1e-5, atol=1e-7)
+    assert "ensemble of 2 models" in capsys.readouterr().out
+    classifier = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, threshold=-1.0),
+                       small_model(task="classification"), quick(tmp_path, "clf", epochs=1), log=lambda *_: None).out
+    with pytest.raises(SystemExit, match="task 'classification' differs"):
+        main(["predict", str(runs[0]), str(table), "--ensemble", str(classifier), "--out", str(out), "--cache-dir", cache])

@@ -198,17 +198,27 @@ def cmd_predict(args) -> int:
     start = time.perf_counter()
     data = _data_options(args)
     raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, require_targets=False)
-    # an original CGCNN checkpoint takes its element encoding from --atom-init or the data folder, as the original
-    trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
-    encoding = ElementEncoding.from_atom_init(args.atom_init) if args.atom_init else trained.encoding
-    if args.atom_init and trained.encoding is not None and encoding.n_features != trained.encoding.n_features:
-        raise SystemExit(f"error: {args.atom_init} has {encoding.n_features} features; the model expects "
-                         f"{trained.encoding.n_features}")
-    dataset = build_dataset(raw, trained.graph_config, encoding, data.cache_dir, data.use_cache, data.strict,
-                            data.jobs)
-    dataset.stream = data.stream
-    print(dataset.summary())
-    pred = predict_outputs(trained.model, dataset, trained.transform)
+    preds = []
+    for model in [args.model, *args.ensemble]:
+        # an original CGCNN checkpoint takes its element encoding from --atom-init or the data folder, as the original
+        trained = load_trained(model, atom_init=args.atom_init or raw.atom_init)
+        encoding = ElementEncoding.from_atom_init(args.atom_init) if args.atom_init else trained.encoding
+        if args.atom_init and trained.encoding is not None and encoding.n_features != trained.encoding.n_features:
+            raise SystemExit(f"error: {args.atom_init} has {encoding.n_features} features; the model expects "
+                             f"{trained.encoding.n_features}")
+        dataset = build_dataset(raw, trained.graph_config, encoding, data.cache_dir, data.use_cache, data.strict,
+                                data.jobs)
+        dataset.stream = data.stream
+        if not preds:
+            first, first_ids = trained, list(dataset.ids)
+            print(dataset.summary())
+        else:
+            _check_ensemble_member(model, trained, first, list(dataset.ids), first_ids)
+        preds.append(predict_outputs(trained.model, dataset, trained.transform))
+    trained = first
+    pred = np.mean(preds, axis=0)  # an ensemble averages predictions (class probabilities for classifiers)
+    if len(preds) > 1:
+        print(f"ensemble of {len(preds)} models: the mean of their predictions (prediction_std: their spread)")
     frame = pd.DataFrame({"id": dataset.ids})
     unit = trained.spec.get("unit", "target units")
     if trained.task == "classification":
@@ -217,11 +227,16 @@ def cmd_predict(args) -> int:
             frame[f"p{k}"] = pred[:, k]
     else:
         names = trained.spec.get("target_names") or ["target"]
+        spread = np.std(preds, axis=0)
         if pred.shape[1] == 1:
             frame["prediction"] = pred[:, 0]
+            if len(preds) > 1:
+                frame["prediction_std"] = spread[:, 0]
         else:
             for k, n in enumerate(names):
                 frame[f"prediction:{n}"] = pred[:, k]
+                if len(preds) > 1:
+                    frame[f"prediction_std:{n}"] = spread[:, k]
         if trained.transform.per_atom:
             frame["prediction_per_atom"] = pred[:, 0] / dataset.n_atoms
     if dataset.targets is not None:
@@ -248,6 +263,21 @@ def cmd_predict(args) -> int:
     frame.to_csv(out, index=False)
     print(f"wrote {len(frame)} predictions ({unit}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _check_ensemble_member(model, trained, first, ids: list, first_ids: list) -> None:
+    """Models averaged together must predict the same thing for the same crystals."""
+    for key in ("task", "target_names", "unit"):
+        mine = trained.task if key == "task" else trained.spec.get(key)
+        theirs = first.task if key == "task" else first.spec.get(key)
+        if mine != theirs:
+            raise SystemExit(f"error: --ensemble {model}: {key} {mine!r} differs from the first model's {theirs!r}")
+    if trained.task == "classification" and trained.spec["model"]["n_outputs"] != first.spec["model"]["n_outputs"]:
+        raise SystemExit(f"error: --ensemble {model}: a different number of classes than the first model")
+    if trained.transform is not None and trained.transform.per_atom != first.transform.per_atom:
+        raise SystemExit(f"error: --ensemble {model}: trained per atom differently from the first model")
+    if ids != first_ids:
+        raise SystemExit(f"error: --ensemble {model}: its graph settings skip other structures than the first model's")
 
 
 def cmd_export(args) -> int:
@@ -368,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder, .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)")
     _add_data_options(p, graph=False)
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
+                   help="more models (e.g. other seeds) whose predictions are averaged with the first's; "
+                        "writes their spread as prediction_std")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a model in another format (the original CGCNN's .pth.tar)")
