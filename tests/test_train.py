@@ -391,3 +391,17 @@ def test_predict_ensemble_averages_the_models(table, cache, tmp_path, capsys):
                        small_model(task="classification"), quick(tmp_path, "clf", epochs=1), log=lambda *_: None).out
     with pytest.raises(SystemExit, match="task 'classification' differs"):
         main(["predict", str(runs[0]), str(table), "--ensemble", str(classifier), "--out", str(out), "--cache-dir", cache])
+
+
+def test_presets_are_train_options_and_explicit_options_win(monkeypatch):
+    import cgcnn_lab.cli as cli
+    from cgcnn_lab.presets import PRESETS
+
+    seen: dict = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
+    for name, preset in PRESETS.items():
+        seen.clear()
+        assert cli.main(["train", "data.csv", "--preset", name]) == 0
+        assert {k: seen.get(k, "missing") for k in preset} == preset, name  # every key is a real option
+    assert cli.main(["train", "data.csv", "--preset", "matbench", "--ema", "0", "--epochs", "5"]) == 0
+    assert (seen["ema"], seen["epochs"], seen["weight_decay"]) == (0.0, 5, 0.01)
