@@ -10,6 +10,7 @@ Sections (each prints one Markdown row; record them in BENCHMARKS.md with the co
               FlopCounterMode, against the fp32 matmul peak measured in the same run
   infer       predictions for all 18,928 crystals
   course-run  `cgcnn-lab train` on the course set end to end (featurise cold + 60 epochs), wall time
+  optimizer-ab  fused against unfused Adam, epochs of the model loop interleaved
 Peak memory is the process's maximum resident set size.
 """
 
@@ -137,6 +138,32 @@ def bench_train(shared: Path, device: str) -> None:
               f"{flops_per_epoch / seconds / 1e9:.1f} GFLOP/s counted vs matmul peak {peak:.0f} GFLOP/s |")
 
 
+def bench_optimizer_ab(shared: Path, device: str, repeats: int = 3) -> None:
+    """Fused against unfused Adam in the model loop, epochs interleaved (steadier than separate runs)."""
+    _, encoding, dataset = castelli(shared)
+    packed = PackedGraphs(dataset.graphs, dataset.targets, device=device, collapse=True)
+    batches = list(PackedLoader(packed, np.arange(N_TRAIN), 128, shuffle=True))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for fused in (False, True):
+            torch.manual_seed(0)
+            model = CGCNN(ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32), encoding.table).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=fused)
+            for timed in (False, True):  # a warm-up epoch, then the timed one
+                sync(device)
+                start = time.perf_counter()
+                for b in batches:
+                    loss = torch.nn.functional.mse_loss(model(b), b.y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                sync(device)
+                if timed:
+                    times[fused].append(time.perf_counter() - start)
+    print(f"| optimizer A/B (model loop, merged edges) | unfused {', '.join(f'{t:.2f}' for t in times[False])} s | "
+          f"fused {', '.join(f'{t:.2f}' for t in times[True])} s |")
+
+
 def bench_train_cli(shared: Path, device: str, epochs: int = 4) -> None:
     """The real training path: Lightning, validation every epoch, best + last checkpoints, metrics.csv."""
     import pandas as pd
@@ -189,7 +216,7 @@ def bench_course_run(shared: Path, extra: str = "") -> None:
 
 
 SECTIONS = {"featurise": bench_featurise, "train": bench_train, "train-cli": bench_train_cli, "infer": bench_infer,
-            "course-run": bench_course_run}
+            "course-run": bench_course_run, "optimizer-ab": bench_optimizer_ab}
 
 
 def main() -> None:
