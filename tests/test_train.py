@@ -394,7 +394,7 @@ def test_predict_ensemble_averages_the_models(table, cache, tmp_path, capsys):
 
 
 def test_presets_are_train_options_and_explicit_options_win(monkeypatch):
-    import cgcnn_lab.cli as cli
+    from cgcnn_lab import cli
     from cgcnn_lab.presets import PRESETS
 
     seen: dict = {}
