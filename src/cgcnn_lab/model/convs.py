@@ -57,8 +57,9 @@ class _WeightedBatchNorm(torch.autograd.Function):
     """Batch norm whose statistics count row e ``weight[e]`` times, with the backward written out.
 
     Autograd through the composite (two GEMVs, centring, rsqrt, addcmul) keeps several E×C intermediates and
-    walks them in many passes; this keeps one (x̂) and needs five: ~2x faster on a Castelli batch. With
-    w_e = weight_e / Σ weight and g = γ / σ, the gradient of the multiplicity-weighted statistics is
+    walks them in many passes; this keeps one (x̂): 5.6–6.5 ms against 7–11 ms forward + backward for a
+    5,600 × 128 Castelli batch (one thread, busy machine). With w_e = weight_e / Σ weight (``w``, passed in) and
+    g = γ / σ, the gradient of the multiplicity-weighted statistics is
 
         dx_e = g ⊙ (dy_e − w_e (Σ_k dy_k + x̂_e ⊙ Σ_k dy_k ⊙ x̂_k))
 
@@ -66,8 +67,8 @@ class _WeightedBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, gamma, beta, eps: float):
-        w = (weight / weight.sum()).unsqueeze(0).to(x.dtype)  # [1, E]
+    def forward(ctx, x, w, gamma, beta, eps: float):
+        w = w.unsqueeze(0).to(x.dtype)  # [1, E], sums to 1
         mean = w @ x  # [1, C]: a GEMV instead of elementwise passes
         centred = x - mean
         var = w @ (centred * centred)
@@ -95,9 +96,9 @@ def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None)
     """
     if weight is None or not isinstance(bn, nn.BatchNorm1d) or not bn.training:
         return bn(x)
-    out, mean, var = _WeightedBatchNorm.apply(x, weight, bn.weight, bn.bias, bn.eps)
+    total = weight.sum()
+    out, mean, var = _WeightedBatchNorm.apply(x, weight / total, bn.weight, bn.bias, bn.eps)
     with torch.no_grad():
-        total = weight.sum()
         bn.num_batches_tracked += 1
         bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)  # bf16 under autocast: stats stay fp32
         bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)

@@ -131,14 +131,15 @@ class CGCNN(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         n_crystals = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
-        if self.config.readout == "atom":
-            out = self.pool(self.site_outputs(batch).to(self.fc_out.weight.dtype), batch.batch, n_crystals)
-        else:
-            x = self.atom_features(batch)
-            # under bf16 autocast (--precision bf16-mixed) the convolutions run in bf16; pooling and the head stay
-            # in the weights' precision (fp32), so predictions keep full resolution (bf16 steps are ~0.4% of the value)
-            with torch.autocast(x.device.type, enabled=False):
-                out = self.head(self.pool(x.to(self.fc_out.weight.dtype), batch.batch, n_crystals))
+        x = self.atom_features(batch)
+        # under bf16 autocast (--precision bf16-mixed) the convolutions run in bf16; pooling and the head stay in
+        # the weights' precision (fp32), so predictions keep full resolution (bf16 steps are ~0.4% of the value)
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.fc_out.weight.dtype)
+            if self.config.readout == "atom":  # the head per site, then pooling (see site_outputs)
+                out = self.pool(self.head(x), batch.batch, n_crystals)
+            else:
+                out = self.head(self.pool(x, batch.batch, n_crystals))
         return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
 
     @property
