@@ -98,39 +98,41 @@ def castelli(shared: Path):
     return raw, encoding, build_dataset(raw, GraphConfig(), encoding)
 
 
+MATBENCH_MODEL = ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32)  # the original's Matbench-sized network
+
+
+def train_steps(model, optimizer, batches) -> None:
+    """The model loop: forward, MSE, backward, optimiser step for each batch."""
+    for b in batches:
+        loss = torch.nn.functional.mse_loss(model(b), b.y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def timed_epoch(model, optimizer, batches, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    train_steps(model, optimizer, batches)
+    sync(device)
+    return time.perf_counter() - start
+
+
 def bench_train(shared: Path, device: str) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     _, encoding, dataset = castelli(shared)
-    config = ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32)
     for collapse in (False, True):
         torch.manual_seed(0)
         packed = PackedGraphs(dataset.graphs, dataset.targets, device=device, collapse=collapse)
         batches = list(PackedLoader(packed, np.arange(N_TRAIN), 128, shuffle=True))
-        model = CGCNN(config, encoding.table).to(device)
+        model = CGCNN(MATBENCH_MODEL, encoding.table).to(device)
         optimizer = make_optimizer("adam", model.parameters(), 1e-3)  # the one train() uses (fused kernels)
-
-        def step(b) -> None:
-            loss = torch.nn.functional.mse_loss(model(b), b.y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
         with FlopCounterMode(display=False) as counter:
-            for b in batches[:10]:
-                step(b)
+            train_steps(model, optimizer, batches[:10])
         flops_per_epoch = counter.get_total_flops() / 10 * len(batches)
-
-        def epoch() -> float:
-            sync(device)
-            start = time.perf_counter()
-            for b in batches:
-                step(b)
-            sync(device)
-            return time.perf_counter() - start
-
-        epoch()
-        seconds = min(epoch() for _ in range(3))
+        timed_epoch(model, optimizer, batches, device)  # warm-up
+        seconds = min(timed_epoch(model, optimizer, batches, device) for _ in range(3))
         peak = matmul_peak(device)
         rate = N_TRAIN / seconds
         print(f"| train model loop ({'merged edges' if collapse else 'plain edges'}) | {seconds:.2f} s/epoch | "
@@ -147,19 +149,10 @@ def bench_optimizer_ab(shared: Path, device: str, repeats: int = 3) -> None:
     for _ in range(repeats):
         for fused in (False, True):
             torch.manual_seed(0)
-            model = CGCNN(ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32), encoding.table).to(device)
+            model = CGCNN(MATBENCH_MODEL, encoding.table).to(device)
             optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=fused)
-            for timed in (False, True):  # a warm-up epoch, then the timed one
-                sync(device)
-                start = time.perf_counter()
-                for b in batches:
-                    loss = torch.nn.functional.mse_loss(model(b), b.y)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                sync(device)
-                if timed:
-                    times[fused].append(time.perf_counter() - start)
+            timed_epoch(model, optimizer, batches, device)  # warm-up
+            times[fused].append(timed_epoch(model, optimizer, batches, device))
     print(f"| optimizer A/B (model loop, merged edges) | unfused {', '.join(f'{t:.2f}' for t in times[False])} s | "
           f"fused {', '.join(f'{t:.2f}' for t in times[True])} s |")
 
@@ -176,7 +169,7 @@ def bench_train_cli(shared: Path, device: str, epochs: int = 4) -> None:
     with tempfile.TemporaryDirectory() as out:
         opts = TrainOptions(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, scheduler="none", out=out,
                             val_ratio=0.1, test_ratio=0.0, progress=False, accelerator="gpu" if device != "cpu" else "cpu")
-        train(DataOptions(source="castelli"), ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32), opts, raw=raw,
+        train(DataOptions(source="castelli"), MATBENCH_MODEL, opts, raw=raw,
               log=lambda *a: None)
         seconds = np.diff(pd.read_csv(Path(out) / "metrics.csv")["seconds"].to_numpy())
     per_epoch = float(np.median(seconds))
@@ -190,7 +183,7 @@ def bench_infer(shared: Path, device: str) -> None:
     from cgcnn_lab.train.targets import TargetTransform
 
     _, encoding, dataset = castelli(shared)
-    model = CGCNN(ModelConfig(n_conv=4, atom_fea_len=64, h_fea_len=32), encoding.table).to(device)
+    model = CGCNN(MATBENCH_MODEL, encoding.table).to(device)
     predict_outputs(model, dataset, TargetTransform(), subset=np.arange(1000))
     sync(device)
     start = time.perf_counter()
