@@ -47,7 +47,8 @@ def main() -> None:
     data = Path(args.data)
     if not data.is_dir():
         sys.exit(f"{data} not found (the course data lives in ../shared/data/homework/perovskite_energy)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         cold, warm, n = featurisation_times(data, Path(tmp) / "cache")
         print(f"featurisation of {n} structures: cold {cold:.2f} s ({n / cold:.0f}/s), cached {warm:.3f} s")

@@ -44,7 +44,8 @@ ORIGINAL = {"featurise course": 49.0, "featurise castelli": 131.0, "train": 1620
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
     except OSError:
         return "?"
 
@@ -199,7 +200,7 @@ def bench_course_run(shared: Path, extra: str = "", epochs: int = 60) -> None:
                "--per-atom", "--unit", "eV", "--epochs", str(epochs), "--out", f"{tmp}/run", "--cache-dir", f"{tmp}/cache",
                "--no-progress", *extra.split()]
         start = time.perf_counter()
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
     if result.returncode:
         print(result.stdout[-2000:], result.stderr[-2000:])

@@ -120,7 +120,7 @@ def load_sweep(path: str | Path) -> dict:
 
         sweep = yaml.safe_load(text)
     if not isinstance(sweep, dict) or not isinstance(sweep.get("grid"), dict):
-        raise ValueError(f"{path}: a sweep file needs a 'grid' table of factor -> list of values")
+        raise ValueError(f"{path}: a sweep file needs a 'grid' table of factor -> list of values")  # noqa: TRY004
     sweep["grid"] = parse_grid([f"{k}={','.join(str(v).lower() if isinstance(v, bool) else str(v) for v in vs)}"
                                 for k, vs in sweep["grid"].items()])
     return sweep
@@ -366,11 +366,11 @@ def write_report(out: Path, results: pd.DataFrame, summary: pd.DataFrame, figure
     lines = [
         "# Experiment report",
         "",
-        f"{len(variants)} variants × {len(seeds)} seeds (seeds {seeds}); every variant uses the same "
-        "train/validation/test split. Each row of `results.csv` is one run folder under `runs/`.",
+        (f"{len(variants)} variants × {len(seeds)} seeds (seeds {seeds}); every variant uses the same "
+         "train/validation/test split. Each row of `results.csv` is one run folder under `runs/`."),
         "",
-        f"Best by {label}: **{short_name(str(best))}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
-        f"{summary.loc[best, f'{metric}_std']:.4f}).",
+        (f"Best by {label}: **{short_name(str(best))}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
+         f"{summary.loc[best, f'{metric}_std']:.4f})."),
         "",
         summary_markdown(summary),
     ]

@@ -66,8 +66,8 @@ class CrystalDataset(torch.utils.data.Dataset):
     def summary(self) -> str:
         g = self.graphs
         lines = [
-            f"{self.name}: {len(g)} crystals, {len(g.z)} atoms, {len(g.distance)} edges"
-            f" ({'cached graphs' if g.from_cache else 'featurised'} in {g.seconds:.2f} s)"
+            (f"{self.name}: {len(g)} crystals, {len(g.z)} atoms, {len(g.distance)} edges"
+             f" ({'cached graphs' if g.from_cache else 'featurised'} in {g.seconds:.2f} s)")
         ]
         lines += self.notes
         if self.problems:

@@ -256,7 +256,7 @@ def _json_frame(path: Path, structure_col: str | None):
             raise ValueError("a JSON list must hold one object per crystal")
         return pd.DataFrame([_flatten_record(r, structure_keys) for r in data])
     if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object or list, got {type(data).__name__}")
+        raise ValueError(f"expected a JSON object or list, got {type(data).__name__}")  # noqa: TRY004 (file content)
     if structure_keys & set(data) or not all(isinstance(v, dict) for v in data.values()):
         return pd.DataFrame(data)  # column orientation: {"structure": {...rows}, "target": {...rows}}
     rows = [{"id": str(key), **_flatten_record(value, structure_keys)} for key, value in data.items()]

@@ -22,8 +22,8 @@ class Split:
 
 
 def _counts(n: int, val_ratio: float, test_ratio: float, train_ratio: float | None) -> tuple[int, int, int]:
-    n_val, n_test = int(round(val_ratio * n)), int(round(test_ratio * n))
-    n_train = n - n_val - n_test if train_ratio is None else min(int(round(train_ratio * n)), n - n_val - n_test)
+    n_val, n_test = round(val_ratio * n), round(test_ratio * n)
+    n_train = n - n_val - n_test if train_ratio is None else min(round(train_ratio * n), n - n_val - n_test)
     return n_train, n_val, n_test
 
 
@@ -87,5 +87,5 @@ def fold_split(folds: np.ndarray, test_fold: int, val_ratio: float = 0.1, seed: 
     test = np.flatnonzero(folds == test_fold)
     rest = np.flatnonzero(folds != test_fold)
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
-    n_val = int(round(val_ratio * len(rest)))
+    n_val = round(val_ratio * len(rest))
     return Split(rest[n_val:], rest[:n_val], test)
