@@ -311,6 +311,34 @@ def test_continue_from_fits_references_to_the_pretrained_models_errors():
     # a different quantity (a band gap around 1 eV) is not continued: the head is rescaled instead
     gaps = rng.uniform(0, 3, size=(40, 1))
     assert TargetTransform.continue_from(pretrained, gaps, zero_shot_per_atom, z, atom_ptr, False) is None
+    assert TargetTransform.continue_from(pretrained, gaps, zero_shot_per_atom, z, atom_ptr, False, True) is None
+
+
+def test_continue_from_a_formation_energy_model_to_total_energies():
+    """Total energy per atom = formation energy per atom + Σ_i c_i μ_i: with element references a formation-energy
+    model is a valid start for total energies, although their means are 5 eV/atom apart."""
+    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+
+    rng = np.random.default_rng(2)
+    counts = rng.integers(2, 9, size=60)
+    atom_ptr = np.concatenate([[0], np.cumsum(counts)])
+    z = rng.choice([8, 22, 38, 56], size=atom_ptr[-1])
+    mu = np.zeros((119, 1))
+    mu[[8, 22, 38, 56]] = [[-4.9], [-7.8], [-1.7], [-1.9]]  # elemental reference energies, eV/atom
+    fractions = composition_fractions(z, atom_ptr)
+    e_form = rng.normal(-2.0, 0.6, size=(60, 1))  # what the pretrained model predicts, per atom
+    noise = rng.normal(0, 0.05, size=(60, 1))  # what it gets wrong
+    totals = (e_form + noise + fractions @ mu) * counts[:, None]
+    pretrained = TargetTransform(False, [-1.9], [0.7])
+    kept = TargetTransform.continue_from(pretrained, totals, e_form * counts[:, None], z, atom_ptr, True, True)
+    assert kept is not None and kept.std == [0.7]
+    decoded = e_form - (-1.9) + kept.mean[0] + fractions @ np.asarray(kept.element_ref)
+    assert np.abs(decoded - totals / counts[:, None]).mean() < 0.06  # the start is the model's own error
+    # without element references the 5 eV/atom offset is not the pretrained quantity: rescaled instead
+    assert TargetTransform.continue_from(pretrained, totals, e_form * counts[:, None], z, atom_ptr, True) is None
+    # a pretrained model that explains nothing beyond composition is not continued either
+    unrelated = rng.normal(-2.0, 0.6, size=(60, 1)) * counts[:, None]
+    assert TargetTransform.continue_from(pretrained, totals, unrelated, z, atom_ptr, True, True) is None
 
 
 def test_init_from_starts_from_the_pretrained_predictions(table, cache, tmp_path):

@@ -43,6 +43,11 @@ def fit_element_references(fractions: np.ndarray, q: np.ndarray, ridge: float = 
     return ref
 
 
+def _spread(q: np.ndarray) -> np.ndarray:
+    """Mean absolute deviation per column: the MAE of predicting the mean."""
+    return np.abs(q - q.mean(axis=0)).mean(axis=0)
+
+
 @dataclass
 class TargetTransform:
     per_atom: bool = False
@@ -79,28 +84,35 @@ class TargetTransform:
         per atom): the standard per-element shifts between its training data and the new data (changed
         pseudopotentials, energy corrections) are removed before the first step, and the network refines the rest.
         A pretrained model's own element references stay part of its predictions (the new ones are added to them).
-        None when the targets are not the pretrained model's quantity (their mean is further than three of its
-        scales from its predictions', or their spread differs from that scale by more than a factor of three; the
-        scale is the larger of its predictions' spread and its training targets'): then the head is rescaled to the
-        new targets as usual.
+        With ``element_ref`` the targets only need to be the pretrained quantity *up to per-element references*:
+        a total energy per atom continues a formation-energy model, since the two differ by Σ_i c_i μ_i. The start is
+        kept when the pretrained predictions plus fitted references explain the training targets better than the
+        references alone do. Without them, None when the targets are not the pretrained model's quantity (their mean
+        is further than three of its scales from its predictions', or their spread differs from that scale by more
+        than a factor of three; the scale is the larger of its predictions' spread and its training targets').
+        None means the head is rescaled to the new targets as usual.
         """
         if len(pretrained.mean) != targets.shape[1]:
             return None
         n_atoms = np.diff(atom_ptr).astype(np.float64)[:, None]
         q, q0 = (targets / n_atoms, zero_shot / n_atoms) if per_atom else (targets, zero_shot)
         pm, ps = np.asarray(pretrained.mean), np.asarray(pretrained.std)
-        # the scale of the pretrained quantity: the spread of its predictions here, or of its own training targets
-        scale, spread = np.maximum(q0.std(axis=0), ps), q.std(axis=0)
-        if np.any(np.abs(q.mean(axis=0) - q0.mean(axis=0)) > 3 * scale) or np.any(spread > 3 * scale) \
-                or np.any(spread < scale / 3):
-            return None
         residual = q - q0
         ref = None if pretrained.element_ref is None else np.asarray(pretrained.element_ref)  # part of its predictions
         if element_ref:
             fractions = composition_fractions(z, atom_ptr)
             fitted = fit_element_references(fractions, residual)
             residual = residual - fractions @ fitted
+            alone = q - fractions @ fit_element_references(fractions, q)  # what the references explain on their own
+            if np.any(_spread(residual) >= _spread(alone)):
+                return None
             ref = fitted if ref is None else ref + fitted
+        else:
+            # the scale of the pretrained quantity: the spread of its predictions here, or of its own training targets
+            scale, spread = np.maximum(q0.std(axis=0), ps), q.std(axis=0)
+            if np.any(np.abs(q.mean(axis=0) - q0.mean(axis=0)) > 3 * scale) or np.any(spread > 3 * scale) \
+                    or np.any(spread < scale / 3):
+                return None
         shift = residual.mean(axis=0)
         return cls(per_atom, [float(v) for v in pm + shift], [float(v) for v in ps], None if ref is None else ref.tolist())
 
