@@ -159,8 +159,14 @@ def test_a_single_crystal_last_batch_is_dropped_when_training(dataset):
     assert [b.num_graphs for b in PackedLoader(packed, np.arange(9), 4)] == [4, 4, 1]
 
 
-def test_gaussian_expansion_has_no_denormals():
-    u = GaussianExpansion()(torch.linspace(0, 12, 500))
-    tiny = (u != 0) & (u.abs() < 1e-30)
-    assert not tiny.any()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_expansion_has_no_denormals(dtype):
+    d = torch.linspace(0, 12, 500, dtype=dtype)
+    expansion = GaussianExpansion().to(dtype)
+    u = expansion(d)
+    assert not ((u != 0) & (u < 1e-13)).any()  # nothing tiny survives: exact zeros instead
+    exact = torch.exp(-((d.unsqueeze(-1) - expansion.centers) ** 2) / expansion.width**2)
+    kept = exact >= 1e-13
+    torch.testing.assert_close(u[kept], exact[kept])  # everything else is the Gaussian itself
+    assert (u[~kept] == 0).all() and kept.float().mean() < 0.5
     assert u.max() == pytest.approx(1.0, abs=1e-3)

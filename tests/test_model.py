@@ -415,3 +415,41 @@ def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(merged.running_mean, expanded.running_mean)
     torch.testing.assert_close(merged.running_var, expanded.running_var)
+
+
+def test_fused_gated_messages_equal_the_composite(monkeypatch) -> None:
+    """The hand-written edge step (training, merged edges) against autograd through the composite, in float64:
+    outputs, every gradient and the batch-norm running statistics."""
+    torch.manual_seed(5)
+    n_atoms, n_edges, n_bonds = 30, 200, 40
+    x = torch.randn(n_atoms, 6, dtype=torch.float64, requires_grad=True)
+    edge_index = torch.randint(0, n_atoms, (2, n_edges))
+    bonds = torch.randn(n_bonds, 5, dtype=torch.float64, requires_grad=True)
+    inverse = torch.randint(0, n_bonds, (n_edges,))
+    weight = torch.randint(1, 4, (n_edges,)).double()
+    fused = GatedConv(6, 5).double()
+    with torch.no_grad():
+        fused.bn1.weight.uniform_(0.5, 1.5)
+        fused.bn1.bias.uniform_(-0.5, 0.5)
+        fused.bn1.bias[0] = 30.0  # a gate channel saturated and a core channel past softplus' linear threshold
+        fused.bn1.bias[6] = 30.0
+    composite = GatedConv(6, 5).double()
+    composite.load_state_dict(fused.state_dict())
+    assert fused._fused(inverse, weight, x)
+    results = []
+    for layer in (fused, composite):
+        if layer is composite:
+            monkeypatch.setattr(GatedConv, "_fused", lambda *_: False)
+        out = layer(x, edge_index, bonds, inverse, weight)
+        upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad((out * upstream).sum(), [x, bonds, *layer.parameters()])
+        results.append((out, grads, layer.bn1.running_mean.clone(), layer.bn1.running_var.clone()))
+    (out_f, grads_f, mean_f, var_f), (out_c, grads_c, mean_c, var_c) = results
+    torch.testing.assert_close(out_f, out_c, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads_f, grads_c, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(mean_f, mean_c)
+    torch.testing.assert_close(var_f, var_c)
+    assert fused.bn1.num_batches_tracked == composite.bn1.num_batches_tracked == 1
+    fused.eval()
+    assert not fused._fused(inverse, weight, x)  # evaluation uses the running statistics: the composite path

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -248,6 +249,10 @@ def cell_to_graph(
     return graph
 
 
+_FLOOR = -30.0
+_ZERO_BELOW = 1e-13  # > exp(-30) in float32 and float64: a clamped exponent always gives an exact 0
+
+
 class GaussianExpansion(torch.nn.Module):
     """u_k(d) = exp(-(d - mu_k)^2 / width^2) on the grid mu = 0, step, ..., radius (paper Eq. 4 features)."""
 
@@ -273,5 +278,7 @@ class GaussianExpansion(torch.nn.Module):
         exponent = -((distance.unsqueeze(-1) - self.centers) ** 2) / self.width**2
         # Far from its centre a Gaussian underflows through denormal floats (exp(-88) .. exp(-103)), and so do
         # products of tiny values with weights and gradients; CPU arithmetic on denormals is 10-100x slower (the
-        # bond matmul took 1.2 ms instead of 0.1 ms). Values below exp(-30) ~ 1e-13 are set to exactly 0.
-        return torch.exp(exponent).masked_fill_(exponent < -30.0, 0.0)
+        # bond matmul took 1.2 ms instead of 0.1 ms). Values below 1e-13 (~exp(-29.9)) are set to exactly 0, and the
+        # exponent is clamped first so that exp itself never underflows (exp over exponents down to -1600: 2.7 ms
+        # for a Castelli batch; clamped, then thresholded: 0.09 ms).
+        return F.threshold(torch.exp(exponent.clamp_min(_FLOOR)), _ZERO_BELOW, 0.0)

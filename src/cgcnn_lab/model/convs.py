@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -53,6 +54,25 @@ def sum_over_neighbors(
     return out.index_add_(0, center, messages)
 
 
+def _weighted_bn_forward(x: torch.Tensor, w: torch.Tensor, gamma, beta, eps: float):
+    """Normalise ``x`` in place with statistics that weight row e by ``w[0, e]`` (Σ w = 1): (y, x̂, mean, var, 1/σ)."""
+    mean = w @ x  # [1, C]: a GEMV instead of elementwise passes
+    centred = x.sub_(mean)
+    var = w @ (centred * centred)
+    inv = torch.rsqrt(var + eps)
+    x_hat = centred.mul_(inv)
+    return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), x_hat, mean, var, inv
+
+
+def _weighted_bn_backward(dy: torch.Tensor, x_hat: torch.Tensor, w: torch.Tensor, inv, gamma):
+    """(dx, dγ, dβ) of ``_weighted_bn_forward``; ``dy`` is overwritten with dx."""
+    dbeta = dy.sum(0)
+    dgamma = (dy * x_hat).sum(0)
+    g = gamma * inv  # [1, C]
+    correction = torch.addcmul(g * dbeta, x_hat, g * dgamma).mul_(w.T)
+    return dy.mul_(g).sub_(correction), dgamma, dbeta
+
+
 class _WeightedBatchNorm(torch.autograd.Function):
     """Batch norm whose statistics count row e ``weight[e]`` times, with the backward written out.
 
@@ -69,23 +89,79 @@ class _WeightedBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, gamma, beta, eps: float):
         w = w.unsqueeze(0).to(x.dtype)  # [1, E], sums to 1
-        mean = w @ x  # [1, C]: a GEMV instead of elementwise passes
-        centred = x - mean
-        var = w @ (centred * centred)
-        inv = torch.rsqrt(var + eps)
-        x_hat = centred.mul_(inv)
+        y, x_hat, mean, var, inv = _weighted_bn_forward(x.clone(), w, gamma, beta, eps)
         ctx.save_for_backward(x_hat, w, inv, gamma)
-        return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), mean, var
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
         x_hat, w, inv, gamma = ctx.saved_tensors
-        dbeta = dy.sum(0)
-        dgamma = (dy * x_hat).sum(0)
-        g = gamma * inv  # [1, C]
-        dx = dy * g
-        dx -= w.T * torch.addcmul(g * dbeta, x_hat, g * dgamma)
+        dx, dgamma, dbeta = _weighted_bn_backward(dy.clone(), x_hat, w, inv, gamma)
         return dx, None, dgamma, dbeta, None
+
+
+class _GatedMessages(torch.autograd.Function):
+    """The gated layer's edge step in training, forward and backward written out:
+
+        T = [x W_c + b; x W_n; u W_u]   z_e = T[i_e] + T[N + j_e] + T[2N + k_e]   [f, c] = BN_w(z)
+        out_i = Σ_{e: i_e = i} m_e σ(f_e) ⊙ softplus(c_e)
+
+    (W_c, W_n, W_u: the centre, neighbour and bond columns of ``fc_full``; u: bond features per distinct distance,
+    k_e the edge's; m_e: the multiplicity of a merged edge). The three parts are written into one table and each
+    edge sums its three rows in a single ``embedding_bag`` (0.2 ms against 0.9 ms for three gathers and two adds on
+    a Castelli batch). Autograd through the composite keeps ~9 E×A intermediates and launches ~60 operators a
+    layer; this keeps x̂, σ(f) and softplus(c), works in place, and gets softplus'(c) = σ(c) from the saved
+    softplus (σ(c) = 1 − e^(−softplus(c))). Checked against the composite in tests/test_model.py.
+    """
+
+    @staticmethod
+    def forward(ctx, x, bonds, weight_matrix, bias, center, neighbor, inverse, multiplicity, gamma, beta, eps: float):
+        n, a = x.shape
+        w_center, w_neighbor, w_bond = weight_matrix[:, :a], weight_matrix[:, a : 2 * a], weight_matrix[:, 2 * a :]
+        table = x.new_empty((2 * n + bonds.shape[0], 2 * a))
+        torch.addmm(bias, x, w_center.T, out=table[:n])
+        torch.mm(x, w_neighbor.T, out=table[n : 2 * n])
+        torch.mm(bonds, w_bond.T, out=table[2 * n :])
+        rows = torch.stack([center, neighbor + n, inverse + 2 * n], dim=1)
+        z = F.embedding_bag(rows, table, mode="sum")
+        m = multiplicity.unsqueeze(1).to(z.dtype)
+        w = (m / m.sum()).T  # [1, E]
+        y, x_hat, mean, var, inv = _weighted_bn_forward(z, w, gamma, beta, eps)
+        gate, core = torch.sigmoid(y[:, :a]), F.softplus(y[:, a:])
+        messages = (gate * core).mul_(m)
+        out = messages.new_zeros((n, a)).index_add_(0, center, messages)
+        ctx.save_for_backward(x, bonds, weight_matrix, x_hat, gate, core, center, neighbor, inverse, m, w, inv, gamma)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _dvar):
+        x, bonds, weight_matrix, x_hat, gate, core, center, neighbor, inverse, m, w, inv, gamma = ctx.saved_tensors
+        n, a = x.shape
+        dm = dout.index_select(0, center).mul_(m)
+        dy = torch.empty_like(x_hat)
+        torch.mul(dm * gate, torch.expm1(core.neg()).neg_(), out=dy[:, a:])  # softplus'(c) = σ(c)
+        torch.mul((dm * core).mul_(gate), 1.0 - gate, out=dy[:, :a])  # σ'(f) = σ(f)(1 − σ(f))
+        dz, dgamma, dbeta = _weighted_bn_backward(dy, x_hat, w, inv, gamma)
+        d_table = dz.new_zeros((2 * n + bonds.shape[0], 2 * a))
+        d_center, d_neighbor, d_bond = d_table[:n], d_table[n : 2 * n], d_table[2 * n :]
+        d_center.index_add_(0, center, dz)
+        d_neighbor.index_add_(0, neighbor, dz)
+        d_bond.index_add_(0, inverse, dz)
+        w_center, w_neighbor, w_bond = weight_matrix[:, :a], weight_matrix[:, a : 2 * a], weight_matrix[:, 2 * a :]
+        dx = torch.addmm(d_center @ w_center, d_neighbor, w_neighbor)
+        d_bonds = d_bond @ w_bond if ctx.needs_input_grad[1] else None
+        d_weight = torch.cat([d_center.T @ x, d_neighbor.T @ x, d_bond.T @ bonds], dim=1)
+        return dx, d_bonds, d_weight, d_center.sum(0), None, None, None, None, dgamma, dbeta, None
+
+
+def _update_running_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+    """What ``nn.BatchNorm1d`` does with the batch statistics (unbiased variance over the unmerged rows)."""
+    with torch.no_grad():
+        bn.num_batches_tracked += 1
+        bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)  # bf16 under autocast: stats stay fp32
+        bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)
 
 
 def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None) -> torch.Tensor:
@@ -98,10 +174,7 @@ def edge_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None)
         return bn(x)
     total = weight.sum()
     out, mean, var = _WeightedBatchNorm.apply(x, weight / total, bn.weight, bn.bias, bn.eps)
-    with torch.no_grad():
-        bn.num_batches_tracked += 1
-        bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)  # bf16 under autocast: stats stay fp32
-        bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)
+    _update_running_stats(bn, mean, var, total)
     return out
 
 
@@ -127,17 +200,31 @@ class GatedConv(nn.Module):
         self.core_act = activation(act)
         self.out_act = activation(act)
 
+    def _fused(self, edge_inverse, edge_weight, x: torch.Tensor) -> bool:
+        """Whether the hand-written edge step applies: training with batch norm on merged, deduplicated edges and
+        the default softplus, outside autocast (bf16 keeps the composite, whose operators autocast knows)."""
+        return (self.training and isinstance(self.bn1, nn.BatchNorm1d) and edge_weight is not None
+                and edge_inverse is not None and isinstance(self.core_act, nn.Softplus)
+                and self.core_act.beta == 1.0 and not torch.is_autocast_enabled(x.device.type))
+
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
         edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        a = self.atom_dim
         neighbor, center = edge_index
+        if self._fused(edge_inverse, edge_weight, x):
+            bn = self.bn1
+            summed, mean, var = _GatedMessages.apply(x, edge_attr, self.fc_full.weight, self.fc_full.bias, center,
+                                                     neighbor, edge_inverse, edge_weight, bn.weight, bn.bias, bn.eps)
+            _update_running_stats(bn, mean, var, edge_weight.sum())
+            return self.out_act(x + self.bn2(summed))
+        a = self.atom_dim
         w = self.fc_full.weight  # [2A, 2A + B]
         from_center = x @ w[:, :a].T  # [N, 2A]
         from_neighbor = x @ w[:, a : 2 * a].T  # [N, 2A]
-        from_bond = per_edge(torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T), edge_inverse)  # [E, 2A]
+        bond_rows = torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T)  # [U, 2A]
         # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
+        from_bond = per_edge(bond_rows, edge_inverse)  # [E, 2A]
         gated = from_bond + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
         gated = edge_batch_norm(gated, self.bn1, edge_weight)
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
