@@ -106,6 +106,7 @@ def partial_occupancy() -> str:
     (lambda: cif(perovskite()).replace("_cell_length_b   3.90000000", "_cell_length_b   ?"), "unknown cell length"),
     (lambda: "data_x\n_cell_length_a 3\n" + "garbage " * 10, "not a crystal"),
     (lambda: cif(perovskite()) + "\n" + cif(perovskite()).replace("data_", "data_second"), "two data blocks"),
+    (lambda: cif(perovskite()).replace("  1  'x, y, z'\n", ""), "a loop of operations with no rows (found by the fuzz test)"),
 ])
 def test_other_files_take_pymatgens_path_with_the_same_result(make, why):
     text = make()

@@ -108,6 +108,8 @@ def read_plain_cif(text: str) -> Cell | None:
     if ops:
         if any(not _IDENTITY.match(gemmi.cif.as_string(op).replace(" ", "").lower()) for op in ops):
             return None
+    elif any(key in text for key in _SYMOP_KEYS):  # a loop of operations without rows: pymatgen fails on it
+        return None
     else:  # no operations listed: pymatgen then generates them from the space group, if one is named
         names = [gemmi.cif.as_string(v).replace(" ", "") for key in _GROUP_KEYS for v in block.find_values(key)]
         if any(name not in _P1 for name in names):
