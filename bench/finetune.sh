@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tuning the published CGCNN models vs training from scratch (same architecture, same split, 3 seeds).
-#   bash bench/finetune.sh [OUT_DIR]      (about 25 minutes on 2 CPU cores)
+#   bash bench/finetune.sh [OUT_DIR]      (about 40 minutes on 2 CPU cores)
 # Results: OUT_DIR/finetune-mp/summary.md and OUT_DIR/finetune-course/summary.md (recorded in BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +25,10 @@ atom_init=$shared/data/homework/perovskite_energy/atom_init.json   # the origina
 .venv/bin/cgcnn-lab compare $shared/data/homework/perovskite_energy --per-atom --unit eV \
     --n-conv 4 --h-fea-len 32 --epochs 100 --lr 5e-4 --seeds 3 --parallel 2 --no-progress \
     --grid init_from=$pretrained/final-energy-per-atom.pth.tar --out "$out/finetune-course-continued"
+
+# The same from the formation-energy model: total energy per atom = formation energy per atom + Σ_i c_i μ_i, so with
+# element references it is continued too (commit 21f15b6), and its learning rate
+.venv/bin/cgcnn-lab compare $shared/data/homework/perovskite_energy --per-atom --unit eV \
+    --n-conv 4 --h-fea-len 32 --epochs 100 --seeds 3 --parallel 2 --no-progress \
+    --init-from $pretrained/formation-energy-per-atom.pth.tar --grid lr=1e-4,2.5e-4,5e-4 \
+    --out "$out/finetune-course-formation"
