@@ -158,7 +158,7 @@ def bench_optimizer_ab(shared: Path, device: str, repeats: int = 3) -> None:
           f"fused {', '.join(f'{t:.2f}' for t in times[True])} s |")
 
 
-def bench_train_cli(shared: Path, device: str, epochs: int = 4) -> None:
+def bench_train_cli(shared: Path, device: str, epochs: int = 8) -> None:
     """The real training path: Lightning, validation every epoch, best + last checkpoints, metrics.csv."""
     import pandas as pd
 
