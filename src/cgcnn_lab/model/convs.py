@@ -110,9 +110,11 @@ class _GatedMessages(torch.autograd.Function):
     (W_c, W_n, W_u: the centre, neighbour and bond columns of ``fc_full``; u: bond features per distinct distance,
     k_e the edge's; m_e: the multiplicity of a merged edge). The three parts are written into one table and each
     edge sums its three rows in a single ``embedding_bag`` (0.2 ms against 0.9 ms for three gathers and two adds on
-    a Castelli batch). Autograd through the composite keeps ~9 E×A intermediates and launches ~60 operators a
-    layer; this keeps x̂, σ(f) and softplus(c), works in place, and gets softplus'(c) = σ(c) from the saved
-    softplus (σ(c) = 1 − e^(−softplus(c))). Checked against the composite in tests/test_model.py.
+    a Castelli batch). Autograd through the composite allocates a fresh E-row tensor at almost every step and keeps
+    several for the backward; this works in place where it can, keeps x̂, σ(f) and softplus(c), and gets
+    softplus'(c) = σ(c) from the saved softplus (σ(c) = 1 − e^(−softplus(c))). About as many operators, less memory
+    traffic: the Castelli model loop went from 42.7 to 35.7 ms a step (one thread, interleaved A/B; BENCHMARKS.md).
+    Checked against the composite in tests/test_model.py.
     """
 
     @staticmethod
@@ -150,10 +152,12 @@ class _GatedMessages(torch.autograd.Function):
         d_neighbor.index_add_(0, neighbor, dz)
         d_bond.index_add_(0, inverse, dz)
         w_center, w_neighbor, w_bond = weight_matrix[:, :a], weight_matrix[:, a : 2 * a], weight_matrix[:, 2 * a :]
-        dx = torch.addmm(d_center @ w_center, d_neighbor, w_neighbor)
-        d_bonds = d_bond @ w_bond if ctx.needs_input_grad[1] else None
-        d_weight = torch.cat([d_center.T @ x, d_neighbor.T @ x, d_bond.T @ bonds], dim=1)
-        return dx, d_bonds, d_weight, d_center.sum(0), None, None, None, None, dgamma, dbeta, None
+        need = ctx.needs_input_grad
+        dx = torch.addmm(d_center @ w_center, d_neighbor, w_neighbor) if need[0] else None
+        d_bonds = d_bond @ w_bond if need[1] else None
+        d_weight = torch.cat([d_center.T @ x, d_neighbor.T @ x, d_bond.T @ bonds], dim=1) if need[2] else None
+        d_bias = d_center.sum(0) if need[3] else None
+        return dx, d_bonds, d_weight, d_bias, None, None, None, None, dgamma, dbeta, None
 
 
 def _update_running_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
