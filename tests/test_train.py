@@ -68,6 +68,8 @@ def test_same_seed_same_numbers(table, cache, tmp_path):
     ma, mb = pd.read_csv(a.out / "metrics.csv"), pd.read_csv(b.out / "metrics.csv")
     cols = ["train_loss", "val_loss", "val_mae"]
     np.testing.assert_array_equal(ma[cols].to_numpy(), mb[cols].to_numpy())
+    # training switches deterministic mode's NaN fill of new tensors off, and gives the process its setting back
+    assert torch.utils.deterministic.fill_uninitialized_memory
 
 
 def test_streamed_training_equals_in_memory(table, cache, tmp_path):
