@@ -101,6 +101,11 @@ class _WeightedBatchNorm(torch.autograd.Function):
         return dx, None, dgamma, dbeta, None
 
 
+def _fc_columns(weight: torch.Tensor, a: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The centre, neighbour and bond column blocks of the gated layer's ``fc_full`` weight [2A, 2A + B]."""
+    return weight[:, :a], weight[:, a : 2 * a], weight[:, 2 * a :]
+
+
 class _GatedMessages(torch.autograd.Function):
     """The gated layer's edge step in training, forward and backward written out:
 
@@ -120,7 +125,7 @@ class _GatedMessages(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bonds, weight_matrix, bias, center, neighbor, inverse, multiplicity, gamma, beta, eps: float):
         n, a = x.shape
-        w_center, w_neighbor, w_bond = weight_matrix[:, :a], weight_matrix[:, a : 2 * a], weight_matrix[:, 2 * a :]
+        w_center, w_neighbor, w_bond = _fc_columns(weight_matrix, a)
         table = x.new_empty((2 * n + bonds.shape[0], 2 * a))
         torch.addmm(bias, x, w_center.T, out=table[:n])
         torch.mm(x, w_neighbor.T, out=table[n : 2 * n])
@@ -151,7 +156,7 @@ class _GatedMessages(torch.autograd.Function):
         d_center.index_add_(0, center, dz)
         d_neighbor.index_add_(0, neighbor, dz)
         d_bond.index_add_(0, inverse, dz)
-        w_center, w_neighbor, w_bond = weight_matrix[:, :a], weight_matrix[:, a : 2 * a], weight_matrix[:, 2 * a :]
+        w_center, w_neighbor, w_bond = _fc_columns(weight_matrix, a)
         need = ctx.needs_input_grad
         dx = torch.addmm(d_center @ w_center, d_neighbor, w_neighbor) if need[0] else None
         d_bonds = d_bond @ w_bond if need[1] else None
@@ -221,20 +226,18 @@ class GatedConv(nn.Module):
             summed, mean, var = _GatedMessages.apply(x, edge_attr, self.fc_full.weight, self.fc_full.bias, center,
                                                      neighbor, edge_inverse, edge_weight, bn.weight, bn.bias, bn.eps)
             _update_running_stats(bn, mean, var, edge_weight.sum())
-            return self.out_act(x + self.bn2(summed))
-        a = self.atom_dim
-        w = self.fc_full.weight  # [2A, 2A + B]
-        from_center = x @ w[:, :a].T  # [N, 2A]
-        from_neighbor = x @ w[:, a : 2 * a].T  # [N, 2A]
-        bond_rows = torch.addmm(self.fc_full.bias, edge_attr, w[:, 2 * a :].T)  # [U, 2A]
-        # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
-        from_bond = per_edge(bond_rows, edge_inverse)  # [E, 2A]
-        gated = from_bond + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
-        gated = edge_batch_norm(gated, self.bn1, edge_weight)
-        nbr_filter, nbr_core = gated.chunk(2, dim=1)
-        messages = torch.sigmoid(nbr_filter) * self.core_act(nbr_core)
-        summed = self.bn2(sum_over_neighbors(messages, center, x.shape[0], edge_weight))
-        return self.out_act(x + summed)
+        else:
+            w_center, w_neighbor, w_bond = _fc_columns(self.fc_full.weight, self.atom_dim)
+            from_center = x @ w_center.T  # [N, 2A]
+            from_neighbor = x @ w_neighbor.T  # [N, 2A]
+            from_bond = per_edge(torch.addmm(self.fc_full.bias, edge_attr, w_bond.T), edge_inverse)  # [E, 2A]
+            # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
+            gated = from_bond + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
+            gated = edge_batch_norm(gated, self.bn1, edge_weight)
+            nbr_filter, nbr_core = gated.chunk(2, dim=1)
+            messages = torch.sigmoid(nbr_filter) * self.core_act(nbr_core)
+            summed = sum_over_neighbors(messages, center, x.shape[0], edge_weight)
+        return self.out_act(x + self.bn2(summed))
 
 
 class SharedConv(nn.Module):
