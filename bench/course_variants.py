@@ -5,6 +5,7 @@
 Every variant starts from the published formation-energy model (`--lr 2.5e-4`, 100 epochs, `--per-atom`):
   recipe            the course recipe of BENCHMARKS.md (MSE)
   l1 / l1-5e-4      the same with `--loss l1` (and `--lr 5e-4`)
+  atom-readout      the same with `--readout atom` (the output network per atom, then the mean: a sum of atom terms)
   two-stage         first the Materials Project perovskites (`e_form_per_atom`) without any crystal whose reduced
                     formula occurs in the course set, then the course recipe from that model
   mp2020            targets minus their MP2020 corrections (pymatgen's MaterialsProject2020Compatibility)
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 COURSE = SHARED / "data/homework/perovskite_energy"
 PRETRAINED = SHARED / "pretrained/cgcnn-original/formation-energy-per-atom.pth.tar"
-VARIANTS = ("recipe", "l1", "l1-5e-4", "two-stage", "mp2020", "two-stage-mp2020")
+VARIANTS = ("recipe", "l1", "l1-5e-4", "atom-readout", "two-stage", "mp2020", "two-stage-mp2020")
 
 
 def mp2020_correction(structure) -> float:
@@ -105,6 +106,8 @@ def main() -> None:
         course, start, extra = COURSE, PRETRAINED, []
         if variant.startswith("l1"):
             extra = ["--loss", "l1", *(["--lr", "5e-4"] if variant == "l1-5e-4" else [])]
+        if variant == "atom-readout":
+            extra = ["--readout", "atom"]
         if variant.endswith("mp2020"):
             course = data["course-mp2020"]
         if variant.startswith("two-stage"):
