@@ -11,6 +11,8 @@ Sections (each prints one Markdown row; record them in BENCHMARKS.md with the co
   infer       predictions for all 18,928 crystals
   course-run  `cgcnn-lab train` on the course set end to end (featurise cold + 60 epochs), wall time
   optimizer-ab  fused against unfused Adam, epochs of the model loop interleaved
+  original-ab   the original code's training step (bench/original_cgcnn.py) against ours, epochs alternating, so
+              the "x the original" needs no number measured on another day (CPU)
 Peak memory is the process's maximum resident set size.
 """
 
@@ -194,6 +196,41 @@ def bench_infer(shared: Path, device: str) -> None:
     print(f"| infer | {len(dataset)} crystals | {seconds:.2f} s | {len(dataset) / seconds:.0f} crystals/s |")
 
 
+def bench_original_ab(shared: Path, device: str, repeats: int = 3) -> None:
+    """Epochs of the original's step and of our model loop, alternating in one process (batching included in both)."""
+    from original_cgcnn import OriginalCGCNN, padded_features, train_epoch
+
+    if device != "cpu":
+        raise SystemExit("original-ab times the CPU")
+    raw, encoding, ours = castelli(shared)
+    padded = build_dataset(raw, GraphConfig(pad_to_max=True), encoding)
+    train = np.arange(N_TRAIN)
+    crystals = padded_features(padded.graphs.select(train), encoding.table)
+    targets = torch.as_tensor(padded.targets[train], dtype=torch.float32)
+    packed = PackedGraphs(ours.graphs, ours.targets, device=device, collapse=True)
+    torch.manual_seed(0)
+    original = OriginalCGCNN()
+    original_opt = torch.optim.Adam(original.parameters(), 1e-3)  # the original's optimiser: plain Adam
+    model = CGCNN(MATBENCH_MODEL, encoding.table)
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3)
+    times: dict[str, list[float]] = {"original": [], "cgcnn-lab": []}
+    for epoch in range(repeats + 1):  # the first round warms both up
+        order = np.random.default_rng(epoch).permutation(N_TRAIN)
+        start = time.perf_counter()
+        train_epoch(original, original_opt, crystals, targets, 128, order)
+        t_original = time.perf_counter() - start
+        start = time.perf_counter()
+        train_steps(model, optimizer, PackedLoader(packed, train, 128, shuffle=True, seed=epoch))
+        t_ours = time.perf_counter() - start
+        if epoch:
+            times["original"].append(t_original)
+            times["cgcnn-lab"].append(t_ours)
+    o, c = np.median(times["original"]), np.median(times["cgcnn-lab"])
+    print(f"| original-ab (model loop incl. batching, epochs alternating) | original {', '.join(f'{t:.2f}' for t in times['original'])} s "
+          f"({N_TRAIN / o:.0f} crystals/s) | cgcnn-lab {', '.join(f'{t:.2f}' for t in times['cgcnn-lab'])} s "
+          f"({N_TRAIN / c:.0f} crystals/s) | **{o / c:.2f}x** (medians) |")
+
+
 def bench_course_run(shared: Path, extra: str = "", epochs: int = 60) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cgcnn_lab.cli", "train", str(shared / "data/homework/perovskite_energy"),
@@ -210,7 +247,7 @@ def bench_course_run(shared: Path, extra: str = "", epochs: int = 60) -> None:
 
 
 SECTIONS = {"featurise": bench_featurise, "train": bench_train, "train-cli": bench_train_cli, "infer": bench_infer,
-            "course-run": bench_course_run, "optimizer-ab": bench_optimizer_ab}
+            "course-run": bench_course_run, "optimizer-ab": bench_optimizer_ab, "original-ab": bench_original_ab}
 
 
 def main() -> None:
