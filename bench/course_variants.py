@@ -103,9 +103,9 @@ def main() -> None:
     out = Path(args.out)
     data = prepare(out / "data")
     for variant in args.variants:
-        course, start, extra = COURSE, PRETRAINED, []
+        course, start, lr, extra = COURSE, PRETRAINED, "5e-4" if variant == "l1-5e-4" else "2.5e-4", []
         if variant.startswith("l1"):
-            extra = ["--loss", "l1", *(["--lr", "5e-4"] if variant == "l1-5e-4" else [])]
+            extra = ["--loss", "l1"]
         if variant == "atom-readout":
             extra = ["--readout", "atom"]
         if variant.endswith("mp2020"):
@@ -117,7 +117,7 @@ def main() -> None:
             run = out / f"{variant}-s{seed}"
             if not (run / "metrics.json").exists():
                 cgcnn_lab("train", str(course), "--per-atom", "--unit", "eV", "--seed", str(seed), "--init-from",
-                          str(start), "--lr", "2.5e-4", "--epochs", "100", *extra, "--out", str(run))
+                          str(start), "--lr", lr, "--epochs", "100", *extra, "--out", str(run))
             maes.append(json.loads((run / "metrics.json").read_text())["test_mae_per_atom"])
         print(f"| {variant} | {', '.join(f'{m:.4f}' for m in maes)} | {np.mean(maes):.4f} ± {np.std(maes):.4f} |")
 
