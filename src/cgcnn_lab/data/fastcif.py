@@ -140,7 +140,10 @@ def read_plain_cif(text: str) -> Cell | None:
     from pymatgen.core.lattice import Lattice
 
     matrix = np.ascontiguousarray(Lattice.from_parameters(*params).matrix, dtype=float)
-    return Cell(matrix, np.ascontiguousarray(frac[order] @ matrix), z[order])
+    # one np.dot per site, as pymatgen's PeriodicSite.coords: `frac @ matrix` goes through BLAS's gemm, whose
+    # rounding differs from gemv's by an ulp on some CPUs, and an ulp reorders neighbours at equal distances
+    cart = np.array([np.dot(f, matrix) for f in frac[order]]).reshape(-1, 3)
+    return Cell(matrix, cart, z[order])
 
 
 def _numbers(values) -> np.ndarray:
