@@ -28,7 +28,8 @@ from cgcnn_lab.data.fastcif import plain_cif_graph
 from cgcnn_lab.data.graph import CrystalGraph, GraphConfig, GraphError, structure_to_graph
 from cgcnn_lab.data.sources import DataError, Entry, Problem
 
-CACHE_VERSION = 3  # 3: a folder of memory-mapped raw arrays (2: one .npz read into memory)
+CACHE_VERSION = 4  # 4: fast-reader coordinates computed per site as pymatgen does (3: a folder of memory-mapped
+#                   raw arrays; 2: one .npz read into memory)
 PARALLEL_THRESHOLD = 1500  # below this, process start-up costs more than it saves
 CHUNK_EDGES = 1 << 22  # whole-set checks and statistics run over crystals in chunks of about this many edges
 
