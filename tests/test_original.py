@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from cgcnn_lab.cli import main
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
-from cgcnn_lab.data.graph import GraphConfig, pad_edges, structure_to_graph
+from cgcnn_lab.data.graph import Cell, GraphConfig, neighbor_list, pad_edges, structure_to_graph
 from cgcnn_lab.data.sources import from_structures, load_dataset
 from cgcnn_lab.model.network import CGCNN, ModelConfig
 from cgcnn_lab.original import (
@@ -58,7 +58,8 @@ def reference_data(tmp_path_factory):
         if (name, config) not in built:
             src, col = sources[name]
             raw = load_dataset(str(src), [], None, col, True, require_targets=False)
-            built[name, config] = build_dataset(raw, config, encoding, cache_dir=tmp / "cache", strict=True)
+            texts = {e.id: e.content for e in raw.entries}
+            built[name, config] = build_dataset(raw, config, encoding, cache_dir=tmp / "cache", strict=True), texts
         return built[name, config]
 
     return get
@@ -72,14 +73,29 @@ def test_published_checkpoints_reproduce_the_original_code(model, dataset, refer
     assert isinstance(safe_load(ckpt), dict)  # torch.load(weights_only=True) accepts every published file
     trained = load_trained(ckpt, atom_init=ATOM_INIT)
     assert trained.graph_config == GraphConfig(8.0, 12, 0.2, pad_to_max=True)
-    data = reference_data(dataset, trained.graph_config)
+    data, texts = reference_data(dataset, trained.graph_config)
     pred = predict_outputs(trained.model, data, trained.transform)
     ours = pd.Series(pred[:, 1] if trained.task == "classification" else pred[:, 0], index=data.ids)
     ref = pd.read_csv(REFERENCE / f"{model}--{dataset}.csv", dtype={"id": str}).set_index("id")["prediction"]
     assert sorted(ours.index) == sorted(ref.index)
     diff = (ours.loc[ref.index] - ref).abs()
-    tolerance = np.maximum(1e-4, 1e-5 * ref.abs())
-    assert (diff <= tolerance).all(), f"max |ours - original| = {diff.max():.3g} at {diff.idxmax()}"
+    off = diff[diff > np.maximum(1e-4, 1e-5 * ref.abs())]
+    # Which of two neighbours at exactly the same distance is the 12th is decided by the last bit of pymatgen's
+    # coordinates, and that bit depends on the CPU's BLAS kernels (the original code on another machine): only
+    # such crystals may differ, and only a few.
+    assert len(off) <= max(1, len(ref) // 100), f"{len(off)} crystals off, max {diff.max():.3g} at {diff.idxmax()}"
+    for i in off.index:
+        gap = cutoff_gap(texts[i], trained.graph_config)
+        assert gap < 1e-12, f"{i}: |ours - original| = {off[i]:.3g} without a tie at the cutoff (gap {gap:.2g} Å)"
+
+
+def cutoff_gap(text: str, config: GraphConfig) -> float:
+    """The smallest distance between an atom's M-th and (M+1)-th nearest neighbours (Å)."""
+    cell = Cell.from_structure(Structure.from_str(text, fmt="cif"))
+    centers, _, distances = neighbor_list(cell, config.radius)
+    gaps = [np.diff(np.sort(distances[centers == a])[config.max_neighbors - 1 : config.max_neighbors + 1])
+            for a in range(len(cell.z))]
+    return float(min((g[0] for g in gaps if len(g)), default=np.inf))
 
 
 @needs_shared
