@@ -97,3 +97,25 @@ def train_epoch(model, optimizer, crystals, targets, batch_size: int, order: np.
         loss.backward()
         optimizer.step()
         loss.item(), mae.item()  # the running averages read both every step
+
+
+def featurise(cif_texts, atom_init: dict, radius: float = 8.0, max_nbr: int = 12, step: float = 0.2):
+    """The original's per-crystal featurisation (``CIFData.__getitem__``), for timing: pymatgen parses the CIF,
+    ``get_all_neighbors`` lists neighbours, a Python sort keeps the 12 nearest (padding with atom 0 at radius + 1),
+    and the distances are expanded in Gaussians."""
+    from pymatgen.core import Structure
+
+    centres = np.arange(0.0, radius + step, step)
+    out = []
+    for text in cif_texts:
+        crystal = Structure.from_str(text, fmt="cif")
+        atom_fea = np.vstack([atom_init[str(site.specie.number)] for site in crystal])
+        nbr_idx, nbr_dist = [], []
+        for nbrs in crystal.get_all_neighbors(radius, include_index=True):
+            nbrs = sorted(nbrs, key=lambda x: x[1])[:max_nbr]
+            pad = max_nbr - len(nbrs)
+            nbr_idx.append([x[2] for x in nbrs] + [0] * pad)
+            nbr_dist.append([x[1] for x in nbrs] + [radius + 1.0] * pad)
+        gauss = np.exp(-((np.array(nbr_dist)[..., None] - centres) ** 2) / step**2)
+        out.append((torch.Tensor(atom_fea), torch.Tensor(gauss), torch.LongTensor(nbr_idx)))
+    return out
