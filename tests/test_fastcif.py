@@ -122,3 +122,11 @@ def test_a_symmetric_cif_is_expanded_by_pymatgen():
 def test_radius_below_the_overlap_distance():
     """The overlap test searches at 0.5 Å even when the graph's radius is smaller (then pymatgen's path decides)."""
     texts_agree([cif(perovskite())], GraphConfig(radius=0.3))
+
+
+def test_cell_thinner_than_pymatgen_accepts_goes_to_pymatgen():
+    # found by fuzzing: pymatgen's CIF parser refuses cells under 0.01 Å between opposite faces (here 0.007 Å)
+    lattice = Lattice.from_parameters(200.000625, 7.4310316, 2.71570097, 93.85808483, 179.85676085, 86.14192724)
+    text = cif(Structure(lattice, ["Sc", "Sc"], [[0.65, 0.70, 0.40], [0.40, 0.40, 0.84]]))
+    assert read_plain_cif(text) is None
+    texts_agree([text])

@@ -19,6 +19,7 @@ check that both paths give identical graphs on the real datasets.
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import numpy as np
@@ -40,6 +41,7 @@ _SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz",
 _GROUP_KEYS = ("_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt", "_symmetry_Int_Tables_number",
                "_space_group_IT_number")
 _P1 = {"P1", "1"}
+_THIN = 0.02  # Å: pymatgen's CIF parser refuses cells thinner than 0.01 Å; near that, let it decide
 _UNSUPPORTED = ("_magn", "_atom_site_moment", "_atom_site_attached_hydrogens", "_atom_site_aniso_label_")
 
 
@@ -139,11 +141,23 @@ def read_plain_cif(text: str) -> Cell | None:
     order = np.lexsort((np.array(symbols), x))  # stable: file order among equal (electronegativity, symbol)
     from pymatgen.core.lattice import Lattice
 
+    if not _thick_enough(*params):
+        return None
     matrix = np.ascontiguousarray(Lattice.from_parameters(*params).matrix, dtype=float)
     # one np.dot per site, as pymatgen's PeriodicSite.coords: `frac @ matrix` goes through BLAS's gemm, whose
     # rounding differs from gemv's by an ulp on some CPUs, and an ulp reorders neighbours at equal distances
     cart = np.array([np.dot(f, matrix) for f in frac[order]]).reshape(-1, 3)
     return Cell(matrix, cart, z[order])
+
+
+def _thick_enough(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> bool:
+    """Every distance between opposite faces is at least ``_THIN``, by the cheap bound V / (|b||c|) <= V / |b x c|
+    (a few µs in plain floats; a skewed but sound cell that fails the bound only takes pymatgen's slower path)."""
+    if not min(a, b, c) > 0:
+        return False
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (alpha, beta, gamma))
+    volume = a * b * c * math.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 0.0))
+    return min(volume / (b * c), volume / (c * a), volume / (a * b)) >= _THIN  # False for NaN too
 
 
 def _numbers(values) -> np.ndarray:
