@@ -146,13 +146,14 @@ def read_plain_cif(text: str) -> Cell | None:
     matrix = np.ascontiguousarray(Lattice.from_parameters(*params).matrix, dtype=float)
     # one np.dot per site, as pymatgen's PeriodicSite.coords: `frac @ matrix` goes through BLAS's gemm, whose
     # rounding differs from gemv's by an ulp on some CPUs, and an ulp reorders neighbours at equal distances
-    cart = np.array([np.dot(f, matrix) for f in frac[order]]).reshape(-1, 3)
+    cart = np.array([np.dot(f, matrix) for f in frac[order]])  # n >= 1: checked above
     return Cell(matrix, cart, z[order])
 
 
 def _thick_enough(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> bool:
     """Every distance between opposite faces is at least ``_THIN``, by the cheap bound V / (|b||c|) <= V / |b x c|
-    (a few µs in plain floats; a skewed but sound cell that fails the bound only takes pymatgen's slower path)."""
+    (a few µs in plain floats, against ~100 µs for the exact ``graph.cell_heights`` of the matrix; a skewed but sound
+    cell that fails the bound only takes pymatgen's slower path)."""
     if not min(a, b, c) > 0:
         return False
     ca, cb, cg = (math.cos(math.radians(x)) for x in (alpha, beta, gamma))
