@@ -168,6 +168,46 @@ def test_nearest_neighbor_edges_keeps_m_smallest_per_center() -> None:
     np.testing.assert_allclose(dist, [2.0, 4.0, 1.0, 2.0, 1.5])
 
 
+def test_shell_tol_keeps_the_rest_of_a_split_shell() -> None:
+    # atom 0: 1.0, then a shell of three at 2.0 (one of them 2.0 + 1e-4), then 3.0; atom 1: one neighbour only
+    centers = np.array([0, 0, 0, 0, 0, 1])
+    neighbors = np.array([1, 2, 3, 4, 5, 0])
+    distances = np.array([2.0, 1.0, 3.0, 2.0001, 2.0, 1.0])
+    hard, _ = nearest_neighbor_edges(centers, neighbors, distances, n_atoms=3, max_neighbors=2)
+    assert hard.tolist() == [[2, 1, 0], [0, 0, 1]]  # pymatgen's order decides which of the shell survives
+    exact, _ = nearest_neighbor_edges(centers, neighbors, distances, n_atoms=3, max_neighbors=2, shell_tol=0.0)
+    assert exact.tolist() == [[2, 1, 5, 0], [0, 0, 0, 1]]  # the exact tie, not the one 1e-4 Å farther
+    whole, d = nearest_neighbor_edges(centers, neighbors, distances, n_atoms=3, max_neighbors=2, shell_tol=0.01)
+    assert whole.tolist() == [[2, 1, 5, 4, 0], [0, 0, 0, 0, 1]]
+    np.testing.assert_allclose(d, [1.0, 2.0, 2.0, 2.0001, 1.0], rtol=1e-6)
+    # a tolerance wide enough for the next shell, and M beyond the neighbours an atom has
+    wide, _ = nearest_neighbor_edges(centers, neighbors, distances, n_atoms=3, max_neighbors=9, shell_tol=1.0)
+    assert wide.shape[1] == 6
+
+
+def test_shell_tol_gives_equivalent_atoms_the_same_graph() -> None:
+    # cubic SrTiO3: each O has 2 Ti at a/2, then 12 (4 Sr + 8 O) at a/sqrt(2). M = 12 cuts that shell in two, and
+    # the three symmetry-equivalent O atoms keep different parts of it; completing the shell gives each all 14.
+    a = 3.905
+    srtio3 = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+    def o_neighbours(graph: CrystalGraph) -> list[list[int]]:
+        return [sorted(graph.z[graph.edge_index[0][graph.edge_index[1] == i]].tolist()) for i in (2, 3, 4)]
+
+    hard = structure_to_graph(srtio3, GraphConfig(max_neighbors=12), "SrTiO3")
+    np.testing.assert_array_equal(hard.degree(), 12)
+    shells = structure_to_graph(srtio3, GraphConfig(max_neighbors=12, shell_tol=0.01), "SrTiO3")
+    assert shells.degree().tolist() == [12, 14, 14, 14, 14]  # Sr: 12 O; Ti: 6 O + 8 Sr; O: 2 Ti + 4 Sr + 8 O
+    assert o_neighbours(shells) == [[8] * 8 + [22] * 2 + [38] * 4] * 3
+    np.testing.assert_allclose(np.sort(shells.distance[shells.edge_index[1] == 2])[2:], a / math.sqrt(2), rtol=1e-6)
+    # the cache tells the two graphs apart; the original's key is unchanged
+    assert "shell_tol" in GraphConfig(shell_tol=0.01).neighbor_key()
+    assert GraphConfig().neighbor_key() == {"radius": 8.0, "max_neighbors": 12}
+    with pytest.raises(ValueError, match="shell_tol"):
+        GraphConfig(shell_tol=-0.1)
+
+
 def rocksalt() -> Structure:
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 

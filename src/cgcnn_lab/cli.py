@@ -35,6 +35,9 @@ def _add_data_options(p: argparse.ArgumentParser, graph: bool = True) -> None:
         g.add_argument("--radius", type=float, default=8.0, help="neighbour cutoff in Å (default 8)")
         g.add_argument("--max-nbr", type=int, default=12, dest="max_neighbors",
                        help="keep the M nearest neighbours per atom (default 12)")
+        g.add_argument("--shell-tol", type=float, default=None, metavar="Å",
+                       help="also keep every neighbour within this distance of the M-th nearest, so that a shell of "
+                            "equally distant neighbours is never cut in two (e.g. 0.01; default: the hard cut at M)")
         g.add_argument("--gaussian-step", type=float, default=0.2, help="Gaussian grid step in Å (default 0.2)")
         g.add_argument("--gaussian-width", type=float, default=None, help="Gaussian width in Å (default: the step)")
 
@@ -122,7 +125,7 @@ def _data_options(args):
         threshold=getattr(args, "threshold", None), element_ref=_element_ref(args), atom_init=args.atom_init, strict=args.strict,
         radius=getattr(args, "radius", 8.0), max_neighbors=getattr(args, "max_neighbors", 12),
         gaussian_step=getattr(args, "gaussian_step", 0.2), gaussian_width=getattr(args, "gaussian_width", None),
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, jobs=args.jobs,
+        shell_tol=getattr(args, "shell_tol", None), cache_dir=args.cache_dir, use_cache=not args.no_cache, jobs=args.jobs,
         stream={"auto": None, "on": True, "off": False}[args.stream],
     )
 
@@ -177,7 +180,8 @@ def cmd_featurize(args) -> int:
                             progress=True)
     print(dataset.summary())
     g = dataset.graphs
-    print(f"graph: radius {data.radius} Å, up to {data.max_neighbors} neighbours, "
+    shells = f" (+ shells within {data.shell_tol} Å)" if data.shell_tol is not None else ""
+    print(f"graph: radius {data.radius} Å, up to {data.max_neighbors} neighbours{shells}, "
           f"{data.graph.n_gaussians} Gaussian bond features; element encoding {encoding.name if encoding else 'learned'}")
     if len(g):
         print(f"atoms per crystal {g.n_atoms.min()}-{g.n_atoms.max()} (mean {g.n_atoms.mean():.1f}); "

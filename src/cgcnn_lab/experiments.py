@@ -33,6 +33,10 @@ def _on_off(value: str) -> bool:
     raise ValueError(f"expected on/off, got {value!r}")
 
 
+def _float_or_none(value: str) -> float | None:
+    return None if value.lower() in ("none", "off", "") else float(value)
+
+
 def _path_or_none(value: str) -> str | None:
     return None if value.lower() in ("none", "scratch", "") else value
 
@@ -52,6 +56,7 @@ FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "readout": ("model", "readout", str),
     "max_nbr": ("data", "max_neighbors", int),
     "radius": ("data", "radius", float),
+    "shell_tol": ("data", "shell_tol", _float_or_none),
     "gaussian_step": ("data", "gaussian_step", float),
     "element_ref": ("data", "element_ref", _on_off),
     "per_atom": ("data", "per_atom", _on_off),

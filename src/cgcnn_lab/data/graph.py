@@ -37,6 +37,11 @@ class GraphConfig:
     # radius get fake ones (the crystal's atom 0 at radius + 1 Å). Off by default (variable degree, no fake
     # bonds); on to reproduce models trained with the original code (see cgcnn_lab.original).
     pad_to_max: bool = False
+    # The M-th and (M+1)-th neighbours are often equally far (a third of the atoms of the Castelli perovskites at
+    # M = 12: cubic cells have shells of 8 and 12 equal bonds), and then the hard cut keeps an arbitrary part of the
+    # shell (pymatgen's search order), so symmetry-equivalent atoms get different graphs. With shell_tol (Å) every
+    # neighbour within shell_tol of the M-th is kept too. None: the original's hard cut.
+    shell_tol: float | None = None
 
     def __post_init__(self) -> None:
         if not self.radius > 0:
@@ -47,6 +52,10 @@ class GraphConfig:
             raise ValueError(f"gaussian_step must be in (0, radius), got {self.gaussian_step}")
         if self.gaussian_width is not None and not self.gaussian_width > 0:
             raise ValueError(f"gaussian_width must be > 0 Å (or None), got {self.gaussian_width}")
+        if self.shell_tol is not None and not 0 <= self.shell_tol < self.radius:
+            raise ValueError(f"shell_tol must be in [0, radius) Å (or None), got {self.shell_tol}")
+        if self.shell_tol is not None and self.pad_to_max:
+            raise ValueError("shell_tol and pad_to_max exclude each other: padding reproduces the original's graph")
 
     @property
     def width(self) -> float:
@@ -62,6 +71,8 @@ class GraphConfig:
         key: dict = {"radius": float(self.radius), "max_neighbors": int(self.max_neighbors)}
         if self.pad_to_max:  # only when on, so caches written before the option existed stay valid
             key["pad_to_max"] = True
+        if self.shell_tol is not None:
+            key["shell_tol"] = float(self.shell_tol)
         return key
 
     def to_dict(self) -> dict:
@@ -89,9 +100,11 @@ class CrystalGraph:
 
 
 def nearest_neighbor_edges(
-    centers: np.ndarray, neighbors: np.ndarray, distances: np.ndarray, n_atoms: int, max_neighbors: int
+    centers: np.ndarray, neighbors: np.ndarray, distances: np.ndarray, n_atoms: int, max_neighbors: int,
+    shell_tol: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the ``max_neighbors`` nearest neighbours of every centre atom, vectorised.
+    """Keep the ``max_neighbors`` nearest neighbours of every centre atom, vectorised; with ``shell_tol`` also
+    every neighbour within ``shell_tol`` Å of the M-th nearest (the rest of a shell the cut would split).
 
     Sorting by (centre, distance) with a stable sort keeps pymatgen's order among equal distances, which is
     what the original code's stable ``sorted(..., key=distance)`` does. Returns (edge_index [2, E], distance [E]).
@@ -104,6 +117,11 @@ def nearest_neighbor_edges(
     starts = np.searchsorted(centers, np.arange(n_atoms))
     rank = np.arange(len(centers)) - starts[centers]
     keep = rank < max_neighbors
+    if shell_tol is not None and len(centers):
+        counts = np.bincount(centers, minlength=n_atoms)
+        last = starts + np.minimum(counts, max_neighbors) - 1  # the M-th nearest (or the farthest, if fewer)
+        bound = np.where(counts > 0, distances[np.clip(last, 0, None)], -np.inf)
+        keep |= distances <= bound[centers] + shell_tol
     edge_index = np.stack([neighbors[keep], centers[keep]]).astype(np.int64)
     return edge_index, distances[keep].astype(np.float32)
 
@@ -233,7 +251,9 @@ def cell_to_graph(
     kept (padded if asked)."""
     n_atoms = len(cell.z)
     centers, neighbors, distances = pairs if pairs is not None else neighbor_list(cell, config.radius)
-    edge_index, distance = nearest_neighbor_edges(centers, neighbors, distances, n_atoms, config.max_neighbors)
+    edge_index, distance = nearest_neighbor_edges(
+        centers, neighbors, distances, n_atoms, config.max_neighbors, config.shell_tol
+    )
     if config.pad_to_max:
         edge_index, distance = pad_edges(edge_index, distance, n_atoms, config.max_neighbors, config.radius)
     graph = CrystalGraph(z=np.asarray(cell.z, dtype=np.int64), edge_index=edge_index, distance=distance)

@@ -55,6 +55,7 @@ class DataOptions:
     max_neighbors: int = 12
     gaussian_step: float = 0.2
     gaussian_width: float | None = None
+    shell_tol: float | None = None  # keep the rest of a neighbour shell split by the M-th neighbour (GraphConfig)
     cache_dir: str | None = None
     use_cache: bool = True
     jobs: int = 0
@@ -66,7 +67,8 @@ class DataOptions:
 
     @property
     def graph(self) -> GraphConfig:
-        return GraphConfig(self.radius, self.max_neighbors, self.gaussian_step, self.gaussian_width)
+        return GraphConfig(self.radius, self.max_neighbors, self.gaussian_step, self.gaussian_width,
+                           shell_tol=self.shell_tol)
 
 
 @dataclass
