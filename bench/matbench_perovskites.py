@@ -3,11 +3,13 @@
     .venv/bin/python bench/matbench_perovskites.py --folds 0 --preset matbench          # fold 0, ~1 h on 2 CPU cores
     .venv/bin/python bench/matbench_perovskites.py --folds 0 1 2 3 4 --preset best --accelerator gpu
     .venv/bin/python bench/matbench_perovskites.py --report runs/matbench               # summarise finished runs
+    .venv/bin/python bench/matbench_perovskites.py --report runs/best runs/best-m4      # ensemble across variants
 
 The folds are the official ones (``matbench_fold`` in ``castelli_perovskites.csv.gz``: the fold whose test set
 holds the row). The validation set (10%) is carved from the four training folds with a fixed seed; the test fold
 is never seen before the final evaluation with the best-validation checkpoint. Several ``--seeds`` are also
-reported as an ensemble (mean prediction). Every run is a plain ``cgcnn-lab train`` run folder under ``--out``.
+reported as an ensemble (mean prediction), and so are runs of one preset from several ``--report`` folders
+(variants of it, e.g. trained with ``--max-nbr 4`` into another ``--out``). Every run is a plain ``cgcnn-lab train`` run folder under ``--out``.
 
 Anchors (Matbench leaderboard, mean of 5 folds, eV/cell): coGN 0.0269, ALIGNN 0.0288, SchNet 0.0342, MEGNet 0.0352,
 CGCNN v2019 (original code) 0.0452, Dummy 0.5660.
@@ -52,9 +54,9 @@ def train_fold(args, fold: int, seed: int) -> None:
         raise SystemExit(f"fold {fold} seed {seed} failed")
 
 
-def report(out: Path) -> pd.DataFrame:
+def report(*outs: Path) -> pd.DataFrame:
     rows = []
-    for metrics_file in sorted(out.glob("*-fold*-seed*/metrics.json")):
+    for metrics_file in sorted(f for out in outs for f in out.glob("*-fold*-seed*/metrics.json")):
         preset, fold, seed = metrics_file.parent.name.rsplit("-", 2)
         m = json.loads(metrics_file.read_text())
         config = json.loads((metrics_file.parent / "config.json").read_text())
@@ -62,12 +64,13 @@ def report(out: Path) -> pd.DataFrame:
                      "epochs": m["epochs_run"], "seconds": m["seconds"], "accelerator": config["train"]["accelerator"],
                      "run": str(metrics_file.parent)})
     if not rows:
-        raise SystemExit(f"no finished runs under {out}")
+        raise SystemExit(f"no finished runs under {', '.join(map(str, outs))}")
     runs = pd.DataFrame(rows).sort_values(["preset", "fold", "seed"])
-    print("| preset | fold | seed | test MAE (eV/cell) | epochs | train time | accelerator |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | preset | fold | seed | test MAE (eV/cell) | epochs | train time | accelerator |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs.itertuples():
-        print(f"| {r.preset} | {r.fold} | {r.seed} | {r.mae:.4f} | {r.epochs} | {r.seconds:.0f} s | {r.accelerator} |")
+        print(f"| {r.run} | {r.preset} | {r.fold} | {r.seed} | {r.mae:.4f} | {r.epochs} | {r.seconds:.0f} s "
+              f"| {r.accelerator} |")
     print()
     for preset, group in runs.groupby("preset"):
         per_fold = group.groupby("fold")["mae"].mean()
@@ -81,7 +84,7 @@ def report(out: Path) -> pd.DataFrame:
                 ensembles[fold] = float(np.abs(mean_pred - preds[0]["target"].to_numpy()).mean())
         if ensembles:
             e = np.array(list(ensembles.values()))
-            line += f"; ensemble of the seeds {e.mean():.4f} ± {e.std():.4f} eV ({', '.join(f'{v:.4f}' for v in e)})"
+            line += f"; ensemble of the runs {e.mean():.4f} ± {e.std():.4f} eV ({', '.join(f'{v:.4f}' for v in e)})"
         print(line)
     return runs
 
@@ -95,10 +98,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--out", default="runs/matbench")
-    p.add_argument("--report", metavar="DIR", help="only summarise the finished runs in DIR")
+    p.add_argument("--report", metavar="DIR", nargs="+",
+                   help="only summarise the finished runs in DIR(s); runs of a preset and fold are also averaged")
     args, args.extra = p.parse_known_args()  # anything else goes to `cgcnn-lab train` (e.g. --n-conv 5)
     if args.report:
-        report(Path(args.report))
+        report(*map(Path, args.report))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=False).stdout.strip()
