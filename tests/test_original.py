@@ -270,6 +270,13 @@ def test_export_refuses_what_the_original_cannot_express(change, reason):
         check_exportable(spec)
 
 
+def test_export_refuses_completed_shells():
+    spec = _spec(ElementEncoding.cgcnn92())
+    spec["graph"] = {**spec.get("graph", {}), "shell_tol": 0.01}
+    with pytest.raises(OriginalFormatError, match="shell-tol"):
+        check_exportable(spec)
+
+
 @pytest.mark.parametrize("transform, reason", [({"per_atom": True}, "per-atom"),
                                                ({"element_ref": [[0.0]] * 119}, "element reference")])
 def test_export_refuses_target_transforms(tmp_path, capsys, transform, reason):

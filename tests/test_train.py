@@ -246,6 +246,17 @@ def test_init_from_copies_weights_and_freezes_convolutions(table, cache, tmp_pat
     assert weights["embedding.weight"].shape == (32, 92)
 
 
+def test_init_from_keeps_the_bond_features_but_completes_shells_when_asked(table, cache, tmp_path):
+    first = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, gaussian_step=0.4),
+                  small_model(), quick(tmp_path, "first", epochs=1), log=lambda *_: None)
+    lines: list[str] = []
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, shell_tol=0.01)
+    tuned = train(data, ModelConfig(), quick(tmp_path, "tuned", epochs=1, init_from=str(first.out)), log=lines.append)
+    graph = load_trained(tuned.out).graph_config
+    assert (graph.gaussian_step, graph.shell_tol) == (0.4, 0.01)  # the checkpoint's grid, the asked-for shells
+    assert any("--shell-tol 0.01" in line for line in lines)
+
+
 @pytest.mark.parametrize("pool", ["mean", "sum"])
 def test_site_contributions_add_up_to_the_prediction(table, cache, tmp_path, pool):
     data = DataOptions(source=str(table), targets=[DEMO_TARGET], per_atom=True, unit="eV", cache_dir=cache)

@@ -120,6 +120,8 @@ def check_exportable(spec: dict) -> None:
         (m.task == "regression" and m.n_outputs != 1, f"{m.n_outputs} targets: the original predicts one"),
         (bool(t.get("per_atom")), "per-atom target transform: the original predicts the target directly"),
         (t.get("element_ref") is not None, "element reference energies: the original has no composition baseline"),
+        ((spec.get("graph") or {}).get("shell_tol") is not None,
+         "completed neighbour shells (--shell-tol): the original keeps exactly the M nearest"),
     ]
     for bad, reason in reasons:
         if bad:

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +299,10 @@ def train(
         model_cfg = inherit_architecture(pretrained.spec["model"], model_cfg)
         graph, encoding = pretrained.graph_config, pretrained.encoding
         log(f"initialising from {pretrained.path}: its graph settings, element encoding and architecture are used")
+        if data.shell_tol is not None and data.shell_tol != graph.shell_tol:
+            # its bond features (radius, Gaussian grid) must stay; completing split shells only adds edges
+            graph = replace(graph, shell_tol=data.shell_tol, pad_to_max=False)
+            log(f"  with the neighbour shells the M-th neighbour splits completed (--shell-tol {data.shell_tol})")
     else:
         graph, encoding = data.graph, choose_encoding(data, raw, model_cfg)
     dataset = build_dataset(
