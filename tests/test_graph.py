@@ -186,8 +186,9 @@ def test_shell_tol_keeps_the_rest_of_a_split_shell() -> None:
 
 
 def test_shell_tol_gives_equivalent_atoms_the_same_graph() -> None:
-    # cubic SrTiO3: each O has 2 Ti at a/2, then 12 (4 Sr + 8 O) at a/sqrt(2). M = 12 cuts that shell in two, and
-    # the three symmetry-equivalent O atoms keep different parts of it; completing the shell gives each all 14.
+    # cubic SrTiO3: each O has 2 Ti at a/2, then 12 (4 Sr + 8 O) at a/sqrt(2). M = 12 keeps 10 of that shell, as
+    # pymatgen's search order happens to return them (7 O and 3 of the 4 equivalent Sr here); completing the shell
+    # gives each O all 14, and Ti its 8 Sr instead of 6.
     a = 3.905
     srtio3 = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
                        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])

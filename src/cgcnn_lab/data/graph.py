@@ -38,9 +38,9 @@ class GraphConfig:
     # bonds); on to reproduce models trained with the original code (see cgcnn_lab.original).
     pad_to_max: bool = False
     # The M-th and (M+1)-th neighbours are often equally far (a third of the atoms of the Castelli perovskites at
-    # M = 12: cubic cells have shells of 8 and 12 equal bonds), and then the hard cut keeps an arbitrary part of the
-    # shell (pymatgen's search order), so symmetry-equivalent atoms get different graphs. With shell_tol (Å) every
-    # neighbour within shell_tol of the M-th is kept too. None: the original's hard cut.
+    # M = 12: cubic cells have shells of 8 and 12 equal bonds), and then the hard cut keeps the part of the shell
+    # that pymatgen's search order returns first, breaking the cell's symmetry. With shell_tol (Å) every neighbour
+    # within shell_tol of the M-th is kept too. None: the original's hard cut (measured better; BENCHMARKS.md).
     shell_tol: float | None = None
 
     def __post_init__(self) -> None:
