@@ -62,7 +62,7 @@ def test_merging_keeps_every_edge_counted(dataset):
         assert (np.diff(ei[1, sl]) >= 0).all()
 
 
-@pytest.mark.parametrize("conv", ["gated", "shared", "pyg-gatv2"])
+@pytest.mark.parametrize("conv", ["gated", "shared", "egated", "pyg-gatv2"])
 def test_merged_edges_compute_the_same_function(dataset, conv, monkeypatch):
     """Outputs, gradients and batch-norm running statistics agree with and without merging, in training mode."""
     monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)  # always merge

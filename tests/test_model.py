@@ -17,7 +17,7 @@ from torch_geometric.nn import global_add_pool
 
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
-from cgcnn_lab.model.convs import ACTIVATIONS, CONVOLUTIONS, GatedConv, SharedConv
+from cgcnn_lab.model.convs import ACTIVATIONS, CONVOLUTIONS, EdgeGatedConv, GatedConv, SharedConv
 from cgcnn_lab.model.network import CGCNN, POOLING, ModelConfig
 
 GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
@@ -104,7 +104,7 @@ def forward_backward(model: CGCNN, batch: Batch) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "conv, pool, batchnorm",
-    list(itertools.product(["gated", "shared", "none"], list(POOLING), [True, False])),
+    list(itertools.product(["gated", "shared", "egated", "none"], list(POOLING), [True, False])),
 )
 def test_forward_backward_grid(table, conv: str, pool: str, batchnorm: bool) -> None:
     model = build(table, conv=conv, pool=pool, batchnorm=batchnorm)
@@ -183,6 +183,7 @@ INVARIANCE_CONFIGS = [
     {"conv": "gated", "pool": "mean"},
     {"conv": "shared", "pool": "max"},
     {"conv": "gated", "pool": "sum", "batchnorm": False},
+    {"conv": "egated", "pool": "mean"},
 ]
 
 
@@ -196,11 +197,12 @@ def eval_model(request, table) -> CGCNN:
     return warmed_up(build(table, **INVARIANCE_CONFIGS[request.param], n_outputs=2))
 
 
-@pytest.mark.parametrize("conv", ["gated", "shared"])
+@pytest.mark.parametrize("conv", ["gated", "shared", "egated"])
 def test_batchnorm_running_stats_are_non_trivial(table, conv: str) -> None:
     model = warmed_up(build(table, conv=conv))
     for layer in model.convs:
-        bn = layer.bn2 if conv == "gated" else layer.bn
+        bn = {"gated": "bn2", "shared": "bn", "egated": "bn_atoms"}[conv]
+        bn = getattr(layer, bn)
         assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
         assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
 
@@ -374,6 +376,52 @@ def test_shared_conv_equals_eq3(batchnorm: bool) -> None:
         )
     # the activation is the configured one
     assert isinstance(layer.act, torch.nn.Softplus)
+
+
+def edge_gated_reference(layer: EdgeGatedConv, x, edge_index, edge_attr) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edge-gated layer as written in its docstring, with separate matrices and a loop over centres."""
+    neighbor, center = edge_index
+    a = x.shape[1]
+    w = layer.lin_atoms.weight.T
+    b = layer.lin_atoms.bias
+    w_c, w_n, w_v, w_s = (w[:, k * a:(k + 1) * a] for k in range(4))
+    b_c, b_n, b_v, b_s = (b[k * a:(k + 1) * a] for k in range(4))
+    w_e, w_b = layer.lin_edges.weight.T.chunk(2, dim=1)
+    m = x[center] @ w_c + b_c + x[neighbor] @ w_n + b_n + edge_attr @ w_e
+    rows = []
+    for i in range(x.shape[0]):
+        mine = center == i
+        gate = torch.sigmoid(m[mine])
+        mean = (gate * (x[neighbor[mine]] @ w_v + b_v + edge_attr[mine] @ w_b)).sum(0) / (gate.sum(0) + 1e-6)
+        rows.append(x[i] @ w_s + b_s + mean)
+    new_x = x + F.softplus(layer.bn_atoms(torch.stack(rows)))
+    return new_x, edge_attr + F.softplus(layer.bn_edges(m))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_edge_gated_conv_equals_its_formula(batchnorm: bool) -> None:
+    torch.manual_seed(6)
+    x, edge_index, _ = random_graph(seed=2)
+    edges = torch.randn(edge_index.shape[1], 6, dtype=torch.float64)  # bond states have the atoms' width
+    layer = EdgeGatedConv(6, 5, act="softplus", batchnorm=batchnorm).double()
+    for mode in (True, False):
+        layer.train(mode)
+        got_x, got_e = layer(x, edge_index, edges)
+        want_x, want_e = edge_gated_reference(layer, x, edge_index, edges)
+        torch.testing.assert_close(got_x, want_x, atol=1e-8, rtol=0)
+        torch.testing.assert_close(got_e, want_e, atol=1e-8, rtol=0)
+    # guard: bond states are per edge and direction (i -> j and j -> i differ), and they change the atoms
+    assert (got_e - edges).abs().max() > 1e-3
+    flipped, _ = layer(x, edge_index.flip(0), edges)
+    assert (flipped - got_x).abs().max() > 1e-3
+
+
+def test_edge_gated_network_embeds_bonds_once(table) -> None:
+    model = build(table, conv="egated")
+    assert model.updates_edges and model.merges_edges
+    assert model.edge_embedding[0].in_features == model.expansion.out_features
+    assert model.edge_embedding[0].out_features == model.config.atom_fea_len
+    assert not build(table, conv="gated").updates_edges and not hasattr(build(table), "edge_embedding")
 
 
 PYG_CONVS = [c for c in CONVOLUTIONS if c.startswith("pyg-")]

@@ -83,9 +83,10 @@ def test_streamed_training_equals_in_memory(table, cache, tmp_path):
     pd.testing.assert_frame_equal(*[pd.read_csv(runs[s] / "test_results.csv") for s in (False, True)])
 
 
-def test_checkpoint_round_trip_predicts_identically(table, cache, tmp_path):
+@pytest.mark.parametrize("conv", ["gated", "egated"])  # egated: bond states and an extra embedding round-trip too
+def test_checkpoint_round_trip_predicts_identically(table, cache, tmp_path, conv):
     data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
-    result = train(data, small_model(), quick(tmp_path, "run", epochs=3), log=lambda *_: None)
+    result = train(data, small_model(conv=conv), quick(tmp_path, "run", epochs=3), log=lambda *_: None)
     saved = pd.read_csv(result.out / "test_results.csv")
 
     out_csv = tmp_path / "pred.csv"

@@ -268,6 +268,58 @@ class SharedConv(nn.Module):
         return self.act(self.bn(self.lin_neighbors(summed) + self.lin_self(x)))
 
 
+class EdgeGatedConv(nn.Module):
+    """Edge-gated convolution with bond updates (Bresson & Laurent 2017; the graph layer of ALIGNN):
+
+        m_ij  = v_i W_c + v_j W_n + e_ij W_e
+        v_i' = v_i + g(BN(v_i W_s + Σ_j σ(m_ij) ⊙ (v_j W_v + e_ij W_b) / (Σ_j σ(m_ij) + ε)))
+        e_ij' = e_ij + g(BN(m_ij))
+
+    In the CGCNN layer a bond is only ever its distance; here every bond has a state ``e_ij`` [E, A] that each
+    layer refines from the atoms at both ends, and the gates are normalised over the neighbours, so an atom
+    averages its neighbours' messages instead of summing a number of them that depends on M. One change from
+    ALIGNN: the message carries the bond (``e_ij W_b``), not only the neighbour, as CGCNN's core term does; without
+    it the bond reaches the atoms only through gate ratios (Castelli lab, 60 epochs, 3 seeds: 0.0805 ± 0.0005 with
+    it, 0.0821 ± 0.0001 without, 0.0841 ± 0.0024 for the gated layer). The network embeds the distance expansion
+    into the first ``e`` (``updates_edges``). The atom-side matrices are one Linear, computed once per atom and
+    gathered per edge, as in the gated layer. A merged edge stands for identical edges (same centre, neighbour and
+    distance), which stay identical under the update, so multiplicities still apply.
+    """
+
+    updates_edges = True
+
+    def __init__(
+        self, atom_dim: int, edge_dim: int, act: str = "softplus", batchnorm: bool = True, update_edges: bool = True
+    ) -> None:
+        super().__init__()
+        del edge_dim  # bond states have atom_dim features: the network embeds the expansion to that width
+        self.lin_atoms = nn.Linear(atom_dim, 4 * atom_dim)  # [W_c | W_n | W_v | W_s], one matmul per atom
+        self.lin_edges = nn.Linear(atom_dim, 2 * atom_dim, bias=False)  # [W_e | W_b]
+        self.bn_atoms = batch_norm(atom_dim, batchnorm)
+        self.atom_act = activation(act)
+        self.update_edges = update_edges  # the last layer's bond update would feed nothing: it has none
+        if update_edges:
+            self.bn_edges = batch_norm(atom_dim, batchnorm)
+            self.edge_act = activation(act)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        neighbor, center = edge_index
+        e = per_edge(edge_attr, edge_inverse)
+        from_center, from_neighbor, values, own = self.lin_atoms(x).chunk(4, dim=1)
+        from_edge, from_bond = self.lin_edges(e).chunk(2, dim=1)
+        m = from_edge + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
+        gate = torch.sigmoid(m)
+        gated_sum = sum_over_neighbors(gate * (values.index_select(0, neighbor) + from_bond), center, x.shape[0], edge_weight)
+        gate_sum = sum_over_neighbors(gate, center, x.shape[0], edge_weight)
+        x = x + self.atom_act(self.bn_atoms(own + gated_sum / (gate_sum + 1e-6)))
+        if self.update_edges:
+            e = e + self.edge_act(edge_batch_norm(m, self.bn_edges, edge_weight))
+        return x, e
+
+
 class PyGConv(nn.Module):
     """A PyTorch Geometric convolution that uses edge features, in the same residual block as the gated layer:
 
@@ -321,6 +373,7 @@ def _pyg_layer(kind: str, a: int, b: int) -> nn.Module:
 CONVOLUTIONS: dict[str, Callable[..., nn.Module]] = {
     "gated": GatedConv,
     "shared": SharedConv,
+    "egated": EdgeGatedConv,
     **{f"pyg-{k}": partial(PyGConv, k) for k in ("cgconv", "gatv2", "transformer", "gine", "pna", "gen")},
 }
 CONV_CHOICES = [*CONVOLUTIONS, "none"]  # "none": no convolution, atoms are pooled straight after embedding

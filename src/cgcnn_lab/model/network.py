@@ -14,7 +14,7 @@ from torch import nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from cgcnn_lab.data.graph import GaussianExpansion
-from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation
+from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation, per_edge
 
 POOLING = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 
@@ -89,9 +89,15 @@ class CGCNN(nn.Module):
         edge_dim = self.expansion.out_features
         conv_cls = CONVOLUTIONS.get(c.conv)
         n_conv = 0 if c.conv == "none" else c.n_conv
+        # layers that update bonds start from a learnt embedding of the distance expansion, at the atoms' width
+        self.updates_edges = bool(n_conv) and getattr(getattr(conv_cls, "func", conv_cls), "updates_edges", False)
+        last = {"update_edges": False} if self.updates_edges else {}  # no layer reads the last bond update
         self.convs = nn.ModuleList(
-            conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm) for _ in range(n_conv)
+            conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm, **(last if k == n_conv - 1 else {}))
+            for k in range(n_conv)
         )
+        if self.updates_edges:
+            self.edge_embedding = nn.Sequential(nn.Linear(edge_dim, c.atom_fea_len), activation(c.activation))
         self.pool = POOLING[c.pool]
         self.act = activation(c.activation)
         self.conv_to_fc = nn.Linear(c.atom_fea_len, c.h_fea_len)
@@ -110,6 +116,11 @@ class CGCNN(nn.Module):
         distances, inverse = torch.unique(batch.distance, return_inverse=True)  # see convs.py: deduplicated bonds
         edge_attr = self.expansion(distances)
         weight = getattr(batch, "edge_weight", None)  # multiplicities of merged edges (data/batching.py)
+        if self.updates_edges:  # bond states diverge per edge after the first layer: expand the embedding once
+            edges = per_edge(self.edge_embedding(edge_attr), inverse)
+            for conv in self.convs:
+                x, edges = conv(x, batch.edge_index, edges, None, weight)
+            return x
         for conv in self.convs:
             x = conv(x, batch.edge_index, edge_attr, inverse, weight)
         return x
@@ -144,9 +155,9 @@ class CGCNN(nn.Module):
 
     @property
     def merges_edges(self) -> bool:
-        """Whether repeated edges may be merged into weighted ones for this model (data/batching.py): the gated and
-        shared layers weight by multiplicity; PyG layers would expand them again, so they get plain edges."""
-        return self.config.conv in ("gated", "shared", "none")
+        """Whether repeated edges may be merged into weighted ones for this model (data/batching.py): the gated,
+        edge-gated and shared layers weight by multiplicity; PyG layers would expand them again, so they get plain edges."""
+        return self.config.conv in ("gated", "shared", "egated", "none")
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
