@@ -255,7 +255,41 @@ def test_init_from_keeps_the_bond_features_but_completes_shells_when_asked(table
     tuned = train(data, ModelConfig(), quick(tmp_path, "tuned", epochs=1, init_from=str(first.out)), log=lines.append)
     graph = load_trained(tuned.out).graph_config
     assert (graph.gaussian_step, graph.shell_tol) == (0.4, 0.01)  # the checkpoint's grid, the asked-for shells
-    assert any("--shell-tol 0.01" in line for line in lines)
+    assert any("neighbours as asked: shell_tol 0.01" in line for line in lines)
+
+
+def test_init_from_honours_the_neighbour_count_and_refuses_what_the_weights_cannot_take(table, cache, tmp_path, capsys):
+    first = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, max_neighbors=8),
+                  small_model(), quick(tmp_path, "first", epochs=1), log=lambda *_: None)
+    common = ["train", str(table), "--target", DEMO_TARGET, "--cache-dir", cache, "--epochs", "1", "--no-progress",
+              "--init-from", str(first.out)]
+    # M is a choice of neighbours, not a weight: asked for explicitly, even as the default 12, it is used
+    assert main([*common, "--max-nbr", "12", "--out", str(tmp_path / "m12")]) == 0
+    assert load_trained(tmp_path / "m12").graph_config.max_neighbors == 12
+    assert "neighbours as asked: max_neighbors 12" in capsys.readouterr().out
+    # not asked: the checkpoint's 8 (the default 12 is not a request)
+    assert main([*common, "--out", str(tmp_path / "kept")]) == 0
+    assert load_trained(tmp_path / "kept").graph_config.max_neighbors == 8
+    # another architecture or other bond features cannot be loaded into these weights: one clear error, no run
+    capsys.readouterr()
+    assert main([*common, "--n-conv", "4", "--gaussian-step", "0.4", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "gaussian_step 0.2 (asked: 0.4)" in err and "n_conv 2 (asked: 4)" in err and "--init-from" in err
+    assert not (tmp_path / "bad").exists()
+    # the same request from Python: a value other than the default counts as asked
+    with pytest.raises(DataError, match="n_conv 2 \\(asked: 5\\)"):
+        train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache), ModelConfig(n_conv=5),
+              quick(tmp_path, "py", epochs=1, init_from=str(first.out)), log=lambda *_: None)
+
+
+def test_given_options_tells_written_options_from_defaults():
+    from cgcnn_lab.cli import build_parser, given_options
+
+    parser = build_parser()
+    train_parser = parser.parse_args(["train", "x"]).subparsers["train"]
+    argv = ["train", "x", "--max-nbr=8", "--n-conv", "3", "--preset", "best", "--lr", "1e-3", "--", "--conv"]
+    assert given_options(train_parser, argv) == ("lr", "max_neighbors", "n_conv", "preset")
+    assert given_options(train_parser, ["train", "x", "--max-n", "8"]) == ("max_neighbors",)  # argparse's prefixes
 
 
 @pytest.mark.parametrize("pool", ["mean", "sum"])

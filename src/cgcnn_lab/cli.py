@@ -155,7 +155,7 @@ def _train_options(args, default_out: str):
         loss=args.loss, patience=args.patience, ema=args.ema, seed=args.seed, out=args.out or default_out, resume=args.resume,
         init_from=args.init_from, freeze_convs=args.freeze_convs,
         accelerator=args.accelerator, precision=args.precision, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        progress=not args.no_progress, preset=getattr(args, "preset", None),
+        progress=not args.no_progress, preset=getattr(args, "preset", None), asked=getattr(args, "asked", None),
     )
 
 
@@ -452,6 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str, ...]:
+    """The destinations of the options written on the command line, as opposed to defaults and a preset's values
+    (``train --init-from`` honours or refuses what was asked, and must not mistake a default for a request)."""
+    flags = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = [flag for flag in flags if flag == name] or [flag for flag in flags if flag.startswith(name)]
+        if len(matches) == 1:  # argparse accepts unambiguous prefixes too
+            given.add(flags[matches[0]])
+    return tuple(sorted(given))
+
+
 def main(argv: list[str] | None = None) -> int:
     from cgcnn_lab.data.elements import UnknownElementError
     from cgcnn_lab.data.sources import DataError
@@ -465,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
 
             args.subparsers[args.command].set_defaults(**preset_defaults(args.preset))
             args = parser.parse_args(argv)
+        if args.command == "train":
+            args.asked = given_options(args.subparsers["train"], sys.argv[1:] if argv is None else argv)
         return args.func(args)
     except (DataError, CheckpointError, UnknownElementError, ValueError) as err:
         if os.environ.get("CGCNN_LAB_DEBUG"):

@@ -107,6 +107,7 @@ class TrainOptions:
     num_nodes: int = 1
     progress: bool = True
     preset: str | None = None  # the named configuration the options came from (recorded in config.json)
+    asked: tuple[str, ...] | None = None  # options given on the command line (for --init-from); None: from Python
 
     @property
     def split_seed_value(self) -> int:
@@ -133,10 +134,49 @@ def choose_encoding(data: DataOptions, raw: RawDataset, model: ModelConfig) -> E
     return ElementEncoding.cgcnn92()
 
 
+ARCHITECTURE = ("conv", "n_conv", "atom_fea_len", "h_fea_len", "n_h", "activation", "batchnorm", "pool", "atom_encoding")
+BOND_FEATURES = ("radius", "gaussian_step", "gaussian_width")  # the first Linear of every layer is shaped by them
+NEIGHBOR_CHOICE = ("max_neighbors", "shell_tol")  # which neighbours: no weight depends on it
+
+
 def inherit_architecture(pretrained: dict, requested: ModelConfig) -> ModelConfig:
     """Fine-tuning keeps the pretrained network's shape; the task and head come from the new data."""
-    keep = ("conv", "n_conv", "atom_fea_len", "h_fea_len", "n_h", "activation", "batchnorm", "pool", "atom_encoding")
-    return ModelConfig.from_dict({**requested.to_dict(), **{k: pretrained[k] for k in keep}})
+    return ModelConfig.from_dict({**requested.to_dict(), **{k: pretrained[k] for k in ARCHITECTURE}})
+
+
+def fine_tuning_setup(
+    pretrained, data: DataOptions, model_cfg: ModelConfig, asked: tuple[str, ...] | None
+) -> tuple[GraphConfig, ModelConfig, list[str]]:
+    """Graph and architecture of a run that starts from ``pretrained``: the checkpoint's, except the neighbour
+    choice (M, completed shells), which is honoured when asked for because the weights do not depend on it.
+    Asking for other bond features or another architecture is an error rather than silently ignored: the weights
+    fit only the checkpoint's. ``asked`` names the options given on the command line; from Python (None), a value
+    other than the default counts as asked for. Returns the graph, the model config and what was changed."""
+    data_defaults, model_defaults = DataOptions(), ModelConfig()
+
+    def was_asked(name: str, value: object, default: object) -> bool:
+        return name in asked if asked is not None else value != default
+
+    graph, changed = pretrained.graph_config, []
+    for name in NEIGHBOR_CHOICE:
+        value = getattr(data, name)
+        if was_asked(name, value, getattr(data_defaults, name)) and value != getattr(graph, name):
+            graph = replace(graph, **{name: value})
+            changed.append(f"{name} {value}")
+    if graph.shell_tol is not None:
+        graph = replace(graph, pad_to_max=False)  # completed shells and the original's fake neighbours exclude each other
+    arch = pretrained.spec["model"]
+    conflicts = [f"{name} {getattr(graph, name)} (asked: {getattr(data, name)})" for name in BOND_FEATURES
+                 if was_asked(name, getattr(data, name), getattr(data_defaults, name))
+                 and getattr(data, name) != getattr(graph, name)]
+    conflicts += [f"{name} {arch[name]} (asked: {getattr(model_cfg, name)})" for name in ARCHITECTURE
+                  if was_asked(name, getattr(model_cfg, name), getattr(model_defaults, name))
+                  and getattr(model_cfg, name) != arch[name]]
+    if conflicts:
+        raise DataError(f"--init-from {pretrained.path}: its weights fit only its own bond features and architecture, "
+                        f"and these were asked otherwise: {'; '.join(conflicts)}. Leave those options out to fine-tune it, "
+                        "or train from scratch")
+    return graph, inherit_architecture(arch, model_cfg), changed
 
 
 def transfer_weights(source: torch.nn.Module, target: torch.nn.Module, freeze_convs: bool) -> int:
@@ -296,13 +336,10 @@ def train(
         from cgcnn_lab.predict import load_trained
 
         pretrained = load_trained(opts.init_from, atom_init=data.atom_init or raw.atom_init)
-        model_cfg = inherit_architecture(pretrained.spec["model"], model_cfg)
-        graph, encoding = pretrained.graph_config, pretrained.encoding
-        log(f"initialising from {pretrained.path}: its graph settings, element encoding and architecture are used")
-        if data.shell_tol is not None and data.shell_tol != graph.shell_tol:
-            # its bond features (radius, Gaussian grid) must stay; completing split shells only adds edges
-            graph = replace(graph, shell_tol=data.shell_tol, pad_to_max=False)
-            log(f"  with the neighbour shells the M-th neighbour splits completed (--shell-tol {data.shell_tol})")
+        graph, model_cfg, changed = fine_tuning_setup(pretrained, data, model_cfg, opts.asked)
+        encoding = pretrained.encoding
+        log(f"initialising from {pretrained.path}: its bond features, element encoding and architecture are used"
+            + (f"; neighbours as asked: {', '.join(changed)}" if changed else ""))
     else:
         graph, encoding = data.graph, choose_encoding(data, raw, model_cfg)
     dataset = build_dataset(
