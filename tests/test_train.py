@@ -282,6 +282,16 @@ def test_init_from_honours_the_neighbour_count_and_refuses_what_the_weights_cann
               quick(tmp_path, "py", epochs=1, init_from=str(first.out)), log=lambda *_: None)
 
 
+def test_split_seed_keeps_one_split_for_several_seeds(table, cache, tmp_path):
+    common = ["train", str(table), "--target", DEMO_TARGET, "--cache-dir", cache, "--epochs", "1", "--no-progress",
+              "--n-conv", "1"]
+    for name, extra in {"s0": ["--seed", "0"], "s1": ["--seed", "1", "--split-seed", "0"], "own": ["--seed", "1"]}.items():
+        assert main([*common, *extra, "--out", str(tmp_path / name)]) == 0
+    ids = {name: set(pd.read_csv(tmp_path / name / "test_results.csv").id) for name in ("s0", "s1", "own")}
+    assert ids["s1"] == ids["s0"] != ids["own"]  # the guard: seed 1 alone draws another split
+    assert json.loads((tmp_path / "s1" / "config.json").read_text())["train"]["split_seed"] == 0
+
+
 def test_given_options_tells_written_options_from_defaults():
     from cgcnn_lab.cli import build_parser, given_options
 

@@ -100,6 +100,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and predict with an exponential moving average of the weights (e.g. 0.999; 0: off)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the train/validation/test split (default: --seed); fix it to train several seeds "
+                        "on one split, e.g. ensemble members chosen on one validation set")
     g.add_argument("--out", default=None, help="run folder (default runs/<data name>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--init-from", metavar="CHECKPOINT",
@@ -152,7 +155,7 @@ def _train_options(args, default_out: str):
         train_ids=args.train_ids, val_ids=args.val_ids, test_ids=args.test_ids, fold_col=args.fold_col,
         test_fold=args.test_fold, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, scheduler=args.scheduler,
-        loss=args.loss, patience=args.patience, ema=args.ema, seed=args.seed, out=args.out or default_out, resume=args.resume,
+        loss=args.loss, patience=args.patience, ema=args.ema, seed=args.seed, split_seed=args.split_seed, out=args.out or default_out, resume=args.resume,
         init_from=args.init_from, freeze_convs=args.freeze_convs,
         accelerator=args.accelerator, precision=args.precision, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
         progress=not args.no_progress, preset=getattr(args, "preset", None), asked=getattr(args, "asked", None),
