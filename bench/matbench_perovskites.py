@@ -101,8 +101,10 @@ def report(*outs: Path) -> pd.DataFrame:
 
 def validation_predictions(run: Path, data: Path, raw_cache: dict) -> pd.Series:
     """A run's predictions on its own validation rows, by crystal id (computed once, kept in the run folder)."""
+    from cgcnn_lab.predict import resolve_checkpoint
+
     kept = run / "val_predictions.csv"
-    if kept.exists():
+    if kept.exists() and kept.stat().st_mtime > resolve_checkpoint(run).stat().st_mtime:  # not older than the model
         return pd.read_csv(kept, dtype={"id": str}).set_index("id")["prediction"]
     from dataclasses import fields
 
@@ -134,8 +136,10 @@ def select(runs: pd.DataFrame, data: Path) -> None:
         val = {r.run: validation_predictions(Path(r.run), data, raw_cache) for r in group.itertuples()}
         test = {r.run: pd.read_csv(Path(r.run) / "test_results.csv", dtype={"id": str}).set_index("id")
                 for r in group.itertuples()}
-        reference = group["run"].iloc[0]
-        same = [r for r in group["run"] if set(val[r].index) == set(val[reference].index)]
+        sets = {r: frozenset(val[r].index) for r in group["run"]}
+        common = max(set(sets.values()), key=list(sets.values()).count)  # the validation set most runs share
+        same = [r for r in group["run"] if sets[r] == common]
+        reference = same[0]
         if len(same) < len(group):
             print(f"fold {fold}: left out (another validation set than {reference}): "
                   f"{', '.join(r for r in group['run'] if r not in same)}")

@@ -201,10 +201,10 @@ def eval_model(request, table) -> CGCNN:
 def test_batchnorm_running_stats_are_non_trivial(table, conv: str) -> None:
     model = warmed_up(build(table, conv=conv))
     for layer in model.convs:
-        bn = {"gated": "bn2", "shared": "bn", "egated": "bn_atoms"}[conv]
-        bn = getattr(layer, bn)
-        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
-        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+        names = {"gated": ["bn2"], "shared": ["bn"], "egated": ["bn_atoms", "bn_edges"]}[conv]
+        for bn in (getattr(layer, n) for n in names if hasattr(layer, n)):
+            assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+            assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
 
 
 @pytest.mark.parametrize("make", [triclinic, distorted_perovskite])
@@ -416,12 +416,14 @@ def test_edge_gated_conv_equals_its_formula(batchnorm: bool) -> None:
     assert (flipped - got_x).abs().max() > 1e-3
 
 
-def test_edge_gated_network_embeds_bonds_once(table) -> None:
+def test_edge_gated_network_has_a_bond_embedding_and_no_unused_last_update(table) -> None:
     model = build(table, conv="egated")
     assert model.updates_edges and model.merges_edges
     assert model.edge_embedding[0].in_features == model.expansion.out_features
     assert model.edge_embedding[0].out_features == model.config.atom_fea_len
     assert not build(table, conv="gated").updates_edges and not hasattr(build(table), "edge_embedding")
+    assert [conv.update_edges for conv in model.convs] == [True, False]  # nothing reads the last bond update
+    assert not hasattr(model.convs[-1], "bn_edges")
 
 
 PYG_CONVS = [c for c in CONVOLUTIONS if c.startswith("pyg-")]

@@ -255,6 +255,28 @@ def test_export_round_trip_predicts_identically(tmp_path, task):
     np.testing.assert_array_equal(before, after)
 
 
+def test_fine_tuning_an_original_checkpoint_with_completed_shells(tmp_path, capsys):
+    """The original's graphs pad to M with fake neighbours; completing shells replaces that, in one step."""
+    from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
+
+    encoding = ElementEncoding.cgcnn92()
+    spec = _spec(encoding)
+    ckpt = tmp_path / "ours.ckpt"
+    torch.save({"hyper_parameters": {"spec": spec},
+                "state_dict": {f"model.{k}": v for k, v in _random_model(spec, encoding).state_dict().items()}}, ckpt)
+    original = tmp_path / "model_best.pth.tar"
+    assert main(["export", str(ckpt), "--format", "cgcnn-original", "--out", str(original)]) == 0
+    assert load_trained(original, atom_init=tmp_path / "model_best.atom_init.json").graph_config.pad_to_max
+    table = write_demo_dataset(tmp_path / "demo.csv.gz", n=60, seed=2)
+    common = ["train", str(table), "--target", DEMO_TARGET, "--epochs", "1", "--no-progress", "--cache-dir",
+              str(tmp_path / "cache"), "--init-from", str(original), "--atom-init", str(tmp_path / "model_best.atom_init.json")]
+    assert main([*common, "--shell-tol", "0.01", "--out", str(tmp_path / "tuned")]) == 0, capsys.readouterr().err
+    graph = load_trained(tmp_path / "tuned").graph_config
+    assert (graph.shell_tol, graph.pad_to_max) == (0.01, False)
+    # the same Gaussian width written out (the checkpoint stores None: "the step") is no conflict
+    assert main([*common, "--gaussian-width", "0.2", "--out", str(tmp_path / "width")]) == 0, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [

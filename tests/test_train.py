@@ -282,6 +282,35 @@ def test_init_from_honours_the_neighbour_count_and_refuses_what_the_weights_cann
               quick(tmp_path, "py", epochs=1, init_from=str(first.out)), log=lambda *_: None)
 
 
+def test_freezing_an_edge_gated_model_keeps_its_bond_embedding(table, cache, tmp_path):
+    data = DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache)
+    first = train(data, small_model(conv="egated"), quick(tmp_path, "first", epochs=1), log=lambda *_: None)
+    opts = quick(tmp_path, "tuned", epochs=2, init_from=str(first.out), freeze_convs=True)
+    tuned = train(data, ModelConfig(), opts, log=lambda *_: None)
+    before, after = load_trained(first.out).model.state_dict(), load_trained(tuned.out).model.state_dict()
+    for name in ("edge_embedding.0.weight", "convs.0.lin_edges.weight", "embedding.weight"):
+        torch.testing.assert_close(after[name], before[name])
+    assert not torch.equal(after["fc_out.weight"], before["fc_out.weight"])
+
+
+def test_compare_variants_ask_for_what_they_set_and_are_checked_before_training(table, cache, tmp_path, capsys):
+    first = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, max_neighbors=8),
+                  small_model(), quick(tmp_path, "first", epochs=1), log=lambda *_: None)
+    common = ["compare", str(table), "--target", DEMO_TARGET, "--cache-dir", cache, "--epochs", "1", "--seeds", "1",
+              "--init-from", str(first.out)]
+    # max_nbr=12 is the default, but a variant that sets it asks for it: the run uses 12, as its label says
+    assert main([*common, "--grid", "max_nbr=8,12", "--out", str(tmp_path / "m")]) == 0
+    graphs = {m: load_trained(tmp_path / "m" / "runs" / f"max_nbr-{m}" / "seed0").graph_config.max_neighbors
+              for m in (8, 12)}
+    assert graphs == {8: 8, 12: 12}
+    # a variant the checkpoint cannot take stops the sweep before anything trains, naming the variant
+    capsys.readouterr()
+    assert main([*common, "--grid", "n_conv=2,4", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "variant n_conv=4" in err and "n_conv 2 (asked: 4)" in err
+    assert not (tmp_path / "bad" / "runs").exists()
+
+
 def test_split_seed_keeps_one_split_for_several_seeds(table, cache, tmp_path):
     common = ["train", str(table), "--target", DEMO_TARGET, "--cache-dir", cache, "--epochs", "1", "--no-progress",
               "--n-conv", "1"]

@@ -485,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
 
             args.subparsers[args.command].set_defaults(**preset_defaults(args.preset))
             args = parser.parse_args(argv)
-        if args.command == "train":
-            args.asked = given_options(args.subparsers["train"], sys.argv[1:] if argv is None else argv)
+        if args.command in ("train", "compare"):
+            args.asked = given_options(args.subparsers[args.command], sys.argv[1:] if argv is None else argv)
         return args.func(args)
     except (DataError, CheckpointError, UnknownElementError, ValueError) as err:
         if os.environ.get("CGCNN_LAB_DEBUG"):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cgcnn_lab.model.network import ModelConfig
-from cgcnn_lab.train.run import DataOptions, TrainOptions
+from cgcnn_lab.train.run import DataOptions, TrainOptions, fine_tuning_setup, non_default_options
 
 
 def _on_off(value: str) -> bool:
@@ -168,8 +168,30 @@ def apply(variant: Variant, data: DataOptions, model: ModelConfig, opts: TrainOp
     for factor, value in variant.settings:
         where, field, parse = FACTORS[factor]
         changes[where][field] = parse(value)
+    # what a variant sets is asked for, even a default value (max_nbr=12 against an 8-neighbour checkpoint)
+    base_asked = non_default_options(data, model) if opts.asked is None else opts.asked
+    asked = tuple(sorted({*base_asked, *changes["data"], *changes["model"]}))
     return (replace(data, **changes["data"]), ModelConfig.from_dict({**model.to_dict(), **changes["model"]}),
-            replace(opts, **changes["train"]))
+            replace(opts, **changes["train"], asked=asked))
+
+
+def check_fine_tuning(data: DataOptions, model: ModelConfig, opts: TrainOptions, variants: list[Variant]) -> None:
+    """Refuse, before anything trains, a variant whose options a checkpoint it starts from cannot take (rather
+    than stopping the sweep when its turn comes)."""
+    from cgcnn_lab.predict import load_trained
+
+    loaded: dict[str, object] = {}
+    for variant in variants:
+        d, m, o = apply(variant, data, model, opts)
+        if not o.init_from:
+            continue
+        if o.init_from not in loaded:
+            folder_init = Path(d.source or "") / "atom_init.json"
+            loaded[o.init_from] = load_trained(o.init_from, atom_init=d.atom_init or (folder_init if folder_init.is_file() else None))
+        try:
+            fine_tuning_setup(loaded[o.init_from], d, m, o.asked)
+        except ValueError as err:
+            raise type(err)(f"variant {variant.name}: {err}") from None
 
 
 def _run_one(job: tuple) -> dict:
@@ -225,6 +247,7 @@ def compare(
         variants, todo = [v for v in variants if v.name in done], []
     log(f"{len(variants)} variants × {len(seeds)} seeds: {len(rows)} done already, {len(todo)} to train"
         f"{f' in {jobs} processes' if jobs > 1 and todo else ''}")
+    check_fine_tuning(data, model, opts, [v for v in variants if any(v == t[0] for t in todo)])
     _warm_cache(data, variants, model, opts)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     jobs_args = [(v, s, data, model, opts, str(out), threads) for v, s in todo]

@@ -144,34 +144,39 @@ def inherit_architecture(pretrained: dict, requested: ModelConfig) -> ModelConfi
     return ModelConfig.from_dict({**requested.to_dict(), **{k: pretrained[k] for k in ARCHITECTURE}})
 
 
+def non_default_options(data: DataOptions, model_cfg: ModelConfig) -> tuple[str, ...]:
+    """The graph and architecture options set to other than their defaults: what counts as asked from Python."""
+    data_defaults, model_defaults = DataOptions(), ModelConfig()
+    return tuple(
+        [n for n in (*NEIGHBOR_CHOICE, *BOND_FEATURES) if getattr(data, n) != getattr(data_defaults, n)]
+        + [n for n in ARCHITECTURE if getattr(model_cfg, n) != getattr(model_defaults, n)]
+    )
+
+
 def fine_tuning_setup(
     pretrained, data: DataOptions, model_cfg: ModelConfig, asked: tuple[str, ...] | None
 ) -> tuple[GraphConfig, ModelConfig, list[str]]:
     """Graph and architecture of a run that starts from ``pretrained``: the checkpoint's, except the neighbour
     choice (M, completed shells), which is honoured when asked for because the weights do not depend on it.
     Asking for other bond features or another architecture is an error rather than silently ignored: the weights
-    fit only the checkpoint's. ``asked`` names the options given on the command line; from Python (None), a value
-    other than the default counts as asked for. Returns the graph, the model config and what was changed."""
-    data_defaults, model_defaults = DataOptions(), ModelConfig()
-
-    def was_asked(name: str, value: object, default: object) -> bool:
-        return name in asked if asked is not None else value != default
-
+    fit only the checkpoint's. ``asked`` names the options given on the command line (or set by a ``compare``
+    variant); from Python (None), a value other than the default counts as asked for. Returns the graph, the model
+    config and what was changed."""
+    asked = non_default_options(data, model_cfg) if asked is None else asked
     graph, changed = pretrained.graph_config, []
     for name in NEIGHBOR_CHOICE:
         value = getattr(data, name)
-        if was_asked(name, value, getattr(data_defaults, name)) and value != getattr(graph, name):
-            graph = replace(graph, **{name: value})
+        if name in asked and value != getattr(graph, name):
+            # completed shells and the original's fake neighbours exclude each other: one replace for both
+            graph = replace(graph, **{name: value}, **({"pad_to_max": False} if name == "shell_tol" and value else {}))
             changed.append(f"{name} {value}")
-    if graph.shell_tol is not None:
-        graph = replace(graph, pad_to_max=False)  # completed shells and the original's fake neighbours exclude each other
-    arch = pretrained.spec["model"]
+    requested = GraphConfig(data.radius, graph.max_neighbors, data.gaussian_step, data.gaussian_width)
     conflicts = [f"{name} {getattr(graph, name)} (asked: {getattr(data, name)})" for name in BOND_FEATURES
-                 if was_asked(name, getattr(data, name), getattr(data_defaults, name))
-                 and getattr(data, name) != getattr(graph, name)]
+                 if name in asked and getattr(requested, name) != getattr(graph, name)
+                 and not (name == "gaussian_width" and requested.width == graph.width)]  # None means the step
+    arch = pretrained.spec["model"]
     conflicts += [f"{name} {arch[name]} (asked: {getattr(model_cfg, name)})" for name in ARCHITECTURE
-                  if was_asked(name, getattr(model_cfg, name), getattr(model_defaults, name))
-                  and getattr(model_cfg, name) != arch[name]]
+                  if name in asked and getattr(model_cfg, name) != arch[name]]
     if conflicts:
         raise DataError(f"--init-from {pretrained.path}: its weights fit only its own bond features and architecture, "
                         f"and these were asked otherwise: {'; '.join(conflicts)}. Leave those options out to fine-tune it, "
@@ -186,7 +191,7 @@ def transfer_weights(source: torch.nn.Module, target: torch.nn.Module, freeze_co
     target.load_state_dict(matching, strict=False)
     if freeze_convs:
         for name, param in target.named_parameters():
-            if name.startswith(("embedding.", "convs.")):
+            if name.startswith(("embedding.", "edge_embedding.", "convs.")):
                 param.requires_grad_(False)
     return len(matching)
 
