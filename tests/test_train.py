@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,11 @@ def test_resume_continues_from_last_checkpoint(table, cache, tmp_path):
         train(data, small_model(), quick(tmp_path, "run", epochs=4), log=lambda *_: None)
     opts = quick(tmp_path, "run", epochs=4)
     opts.resume = True
+    config = (tmp_path / "run" / "config.json").read_text()
+    # other graphs or another network are not a continuation: refused, naming the difference, config.json kept
+    with pytest.raises(DataError, match="graph max_neighbors: 12 in the run, 8 now.*model n_conv: 2 in the run, 3 now"):
+        train(replace(data, max_neighbors=8), replace(small_model(), n_conv=3), opts, log=lambda *_: None)
+    assert (tmp_path / "run" / "config.json").read_text() == config
     train(data, small_model(), opts, log=lambda *_: None)
     curve = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert curve["epoch"].tolist() == [1, 2, 3, 4]

@@ -231,6 +231,20 @@ def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> 
     return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value)
 
 
+def _check_resumable(last: Path, spec: dict) -> None:
+    """``--resume`` continues the same network on the same graphs: options that would change either (a forgotten
+    ``--max-nbr 8``, another ``--n-conv``) stop it with the differences named, before config.json is rewritten."""
+    from cgcnn_lab.predict import safe_load
+
+    saved = (safe_load(last).get("hyper_parameters") or {}).get("spec") or {}
+    differences = [f"{part} {key}: {saved[part][key]!r} in the run, {spec[part][key]!r} now"
+                   for part in ("graph", "model") for key in spec[part]
+                   if key in saved.get(part, {}) and saved[part][key] != spec[part][key]]
+    if differences:
+        raise DataError(f"{last.parent.parent}: --resume needs the options the run was started with; "
+                        + "; ".join(differences))
+
+
 class EpochMetricsCSV:
     """Lightning callback that writes metrics.csv after every epoch (atomically: survives a killed run)."""
 
@@ -392,6 +406,8 @@ def train(
         "threshold": data.threshold,
     }
     optim = {k: getattr(opts, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "epochs", "loss")}
+    if opts.resume:
+        _check_resumable(ckpt_dir / "last.ckpt", spec)
 
     out.mkdir(parents=True, exist_ok=True)
     config = {"data": asdict(data), "model": model_cfg.to_dict(), "train": asdict(opts), "split": split.sizes()}
