@@ -247,7 +247,8 @@ def compare(
         variants, todo = [v for v in variants if v.name in done], []
     log(f"{len(variants)} variants × {len(seeds)} seeds: {len(rows)} done already, {len(todo)} to train"
         f"{f' in {jobs} processes' if jobs > 1 and todo else ''}")
-    check_fine_tuning(data, model, opts, [v for v in variants if any(v == t[0] for t in todo)])
+    pending = {variant for variant, _ in todo}
+    check_fine_tuning(data, model, opts, [v for v in variants if v in pending])
     _warm_cache(data, variants, model, opts)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     jobs_args = [(v, s, data, model, opts, str(out), threads) for v, s in todo]

@@ -90,7 +90,7 @@ class CGCNN(nn.Module):
         conv_cls = CONVOLUTIONS.get(c.conv)
         n_conv = 0 if c.conv == "none" else c.n_conv
         # layers that update bonds start from a learnt embedding of the distance expansion, at the atoms' width
-        self.updates_edges = bool(n_conv) and getattr(getattr(conv_cls, "func", conv_cls), "updates_edges", False)
+        self.updates_edges = bool(n_conv) and getattr(conv_cls, "updates_edges", False)
         last = {"update_edges": False} if self.updates_edges else {}  # no layer reads the last bond update
         self.convs = nn.ModuleList(
             conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm, **(last if k == n_conv - 1 else {}))

@@ -231,17 +231,15 @@ def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> 
     return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value)
 
 
-def _check_resumable(last: Path, spec: dict) -> None:
+def _check_resumable(out: Path, saved: dict, spec: dict) -> None:
     """``--resume`` continues the same network on the same graphs: options that would change either (a forgotten
-    ``--max-nbr 8``, another ``--n-conv``) stop it with the differences named, before config.json is rewritten."""
-    from cgcnn_lab.predict import safe_load
-
-    saved = (safe_load(last).get("hyper_parameters") or {}).get("spec") or {}
+    ``--max-nbr 8``, another ``--n-conv``) stop it with the differences named, before config.json is rewritten.
+    ``saved`` is the spec in the run's last checkpoint."""
     differences = [f"{part} {key}: {saved[part][key]!r} in the run, {spec[part][key]!r} now"
                    for part in ("graph", "model") for key in spec[part]
                    if key in saved.get(part, {}) and saved[part][key] != spec[part][key]]
     if differences:
-        raise DataError(f"{last.parent.parent}: --resume needs the options the run was started with; "
+        raise DataError(f"{out}: --resume needs the options the run was started with; "
                         + "; ".join(differences))
 
 
@@ -334,12 +332,14 @@ def train(
     start = time.perf_counter()
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
+    resumed_spec: dict = {}
     if opts.resume:
         if not (ckpt_dir / "last.ckpt").is_file():
             raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
         from cgcnn_lab.predict import safe_load
 
-        safe_load(ckpt_dir / "last.ckpt")  # refuse a damaged or untrusted checkpoint before Lightning unpickles it
+        # refuse a damaged or untrusted checkpoint before Lightning unpickles it; its spec is checked below
+        resumed_spec = (safe_load(ckpt_dir / "last.ckpt").get("hyper_parameters") or {}).get("spec") or {}
     if not opts.resume and (ckpt_dir / "last.ckpt").exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
 
@@ -407,7 +407,7 @@ def train(
     }
     optim = {k: getattr(opts, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "epochs", "loss")}
     if opts.resume:
-        _check_resumable(ckpt_dir / "last.ckpt", spec)
+        _check_resumable(out, resumed_spec, spec)
 
     out.mkdir(parents=True, exist_ok=True)
     config = {"data": asdict(data), "model": model_cfg.to_dict(), "train": asdict(opts), "split": split.sizes()}
