@@ -1,4 +1,4 @@
-"""Packed batches: the same graphs as PyG's collation, merged edges the same function, shuffles that resume."""
+"""Packed batches: the same graphs as PyG's collation, merged graphs the same function, shuffles that resume."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.loader import DataLoader
 
-from cgcnn_lab.data.batching import PackedGraphs, PackedLoader, concatenated_ranges, merge_repeated_edges
+from cgcnn_lab.data.batching import PackedGraphs, PackedLoader, concatenated_ranges, equivalent_atoms, merge_equivalent
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GaussianExpansion, GraphConfig
 from cgcnn_lab.data.sources import from_structures
 from cgcnn_lab.model.network import CGCNN, ModelConfig
+from cgcnn_lab.train.targets import TargetTransform
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def dataset(tmp_path_factory):
         s = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
         if i % 2:
-            s.perturb(0.1, 0.0)
             s = s * (1, 1, 2)
+            s.perturb(0.1, 0.0)
         structures.append(s)
     raw = from_structures(structures, targets=rng.normal(size=(24, 1)))
     return build_dataset(raw, GraphConfig(), ElementEncoding.cgcnn92(), cache_dir=tmp_path_factory.mktemp("cache"))
@@ -48,38 +49,89 @@ def test_packed_batch_equals_pyg_collation(dataset):
     assert ours.entry.tolist() == order.tolist() and ours.num_graphs == 5
 
 
-def test_merging_keeps_every_edge_counted(dataset):
+def _crystal(g, i):
+    """(z, edge_index, distance) of crystal i of a GraphSet."""
+    atoms, edges = slice(g.atom_ptr[i], g.atom_ptr[i + 1]), slice(g.edge_ptr[i], g.edge_ptr[i + 1])
+    return g.z[atoms], g.edge_index[:, edges], g.distance[edges]
+
+
+def test_merged_graphs_are_the_quotient_by_equivalent_atoms(dataset):
+    """Every atom sees exactly its class's merged edges, and every atom and edge is counted once."""
     g = dataset.graphs
-    ei, dist, ptr, weight = merge_repeated_edges(g.edge_index, g.distance, g.edge_ptr)
-    assert weight.sum() == len(g.distance) and len(dist) < len(g.distance)
-    assert np.array_equal(np.diff(ptr) > 0, g.n_edges > 0)
-    for i in range(len(g)):  # per crystal: same multiset of (centre, neighbour, distance), centres still grouped
-        a = sorted(zip(g.edge_index[1, g.edge_ptr[i]:g.edge_ptr[i + 1]], g.edge_index[0, g.edge_ptr[i]:g.edge_ptr[i + 1]],
-                       g.distance[g.edge_ptr[i]:g.edge_ptr[i + 1]]))
-        sl = slice(ptr[i], ptr[i + 1])
-        b = sorted(x for c, n, d, w in zip(ei[1, sl], ei[0, sl], dist[sl], weight[sl]) for x in [(c, n, d)] * int(w))
-        assert a == b
-        assert (np.diff(ei[1, sl]) >= 0).all()
+    classes = equivalent_atoms(g.z, g.atom_ptr, g.edge_index, g.distance, g.edge_ptr)
+    z, atom_ptr, atom_weight, ei, dist, edge_ptr, edge_weight = merge_equivalent(
+        g.z, g.atom_ptr, g.edge_index, g.distance, g.edge_ptr)
+    assert len(z) < len(g.z) and len(dist) < len(g.distance)
+    for i in range(len(g)):
+        z0, ei0, d0 = _crystal(g, i)
+        cls = classes[g.atom_ptr[i] : g.atom_ptr[i + 1]]
+        rows, w = slice(atom_ptr[i], atom_ptr[i + 1]), atom_weight[atom_ptr[i] : atom_ptr[i + 1]]
+        edges = slice(edge_ptr[i], edge_ptr[i + 1])
+        assert w.sum() == len(z0) and (w[ei[1, edges]] * edge_weight[edges]).sum() == len(d0)
+        first = {c: k for k, c in reversed(list(enumerate(cls)))}  # the kept atom of each class
+        kept = sorted(first.values())
+        assert z[rows].tolist() == z0[kept].tolist()
+        assert sorted(w.tolist()) == sorted(np.bincount(np.unique(cls, return_inverse=True)[1].ravel()).tolist())
+        row_of = {c: kept.index(k) for c, k in first.items()}
+        merged = {r: sorted((int(n), float(d)) for c, n, d, m in zip(ei[1, edges], ei[0, edges], dist[edges],
+                                                                    edge_weight[edges]) if c == r for _ in range(m))
+                  for r in range(len(kept))}
+        for atom in range(len(z0)):  # equitable: the atom's own edges, by neighbour class, are its class's
+            own = sorted((row_of[cls[n]], float(d)) for c, n, d in zip(ei0[1], ei0[0], d0) if c == atom)
+            assert own == merged[row_of[cls[atom]]], (i, atom)
+        assert (np.diff(ei[1, edges]) >= 0).all()  # centres still grouped
 
 
-@pytest.mark.parametrize("conv", ["gated", "shared", "egated", "pyg-gatv2"])
-def test_merged_edges_compute_the_same_function(dataset, conv, monkeypatch):
-    """Outputs, gradients and batch-norm running statistics agree with and without merging, in training mode."""
+def test_equivalent_atoms_of_known_crystals():
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    perovskite = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                           [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    distorted = perovskite.copy()
+    distorted.perturb(0.1, 0.0)
+    raw = from_structures([rocksalt, perovskite, distorted, distorted * (1, 1, 2)])
+    g = build_dataset(raw, GraphConfig(), ElementEncoding.cgcnn92(), use_cache=False).graphs
+    classes = equivalent_atoms(g.z, g.atom_ptr, g.edge_index, g.distance, g.edge_ptr)
+    sizes = [sorted(np.unique(classes[g.atom_ptr[i] : g.atom_ptr[i + 1]], return_counts=True)[1].tolist()) for i in range(4)]
+    # 8 atoms of 2 kinds; Sr, Ti, 3 O; nothing alike; a supercell is its cell again
+    assert sizes == [[4, 4], [1, 1, 3], [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]]
+
+
+def test_hash_collisions_fall_back_to_exact_classes(dataset, monkeypatch):
+    """With every multiset hashing alike, the check finds the classes wrong and the exact refinement takes over."""
+    g = dataset.graphs
+    args = (g.z, g.atom_ptr, g.edge_index, g.distance, g.edge_ptr)
+    hashed = equivalent_atoms(*args)
+    monkeypatch.setattr("cgcnn_lab.data.batching._mix", lambda x: np.zeros_like(x))
+    exact = equivalent_atoms(*args)
+    same = lambda a, b: len(np.unique(np.stack([a, b]), axis=1).T) == len(np.unique(a)) == len(np.unique(b))
+    assert same(hashed, exact) and len(np.unique(exact)) < len(g.z)
+
+
+@pytest.mark.parametrize(("conv", "pool", "readout"), [
+    ("gated", "mean", "crystal"), ("gated", "mean", "atom"), ("gated", "max", "crystal"), ("shared", "sum", "crystal"),
+    ("egated", "mean", "crystal"), ("none", "sum", "crystal"), ("pyg-gatv2", "mean", "crystal"),
+])
+def test_merged_graphs_compute_the_same_function(dataset, conv, pool, readout, monkeypatch):
+    """Outputs, gradients, batch-norm running statistics and crystal sizes agree with and without merging, in
+    training mode."""
     monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)  # always merge
     enc = ElementEncoding.cgcnn92()
     results = []
     for collapse in (False, True):
         torch.manual_seed(0)
-        model = CGCNN(ModelConfig(conv=conv, n_conv=2), enc.table).train()
-        batch = PackedGraphs(dataset.graphs, dataset.targets, collapse=collapse).batch(torch.arange(len(dataset)))
-        assert (batch.edge_weight is not None) == collapse
+        model = CGCNN(ModelConfig(conv=conv, n_conv=2, pool=pool, readout=readout), enc.table).train()
+        merged = collapse and model.merges_edges
+        batch = PackedGraphs(dataset.graphs, dataset.targets, collapse=merged).batch(torch.arange(len(dataset)))
+        assert (batch.edge_weight is not None) == (batch.atom_weight is not None) == merged
+        assert (batch.num_nodes < len(dataset.graphs.z)) == merged
         out = model(batch)
         out.square().sum().backward()
         grads = [p.grad.clone() for p in model.parameters()]
         buffers = [b.clone() for name, b in model.named_buffers() if "running" in name]
         model.eval()
-        results.append((out.detach(), grads, buffers, model(batch).detach()))
-    (o1, g1, b1, e1), (o2, g2, b2, e2) = results
+        results.append((out.detach(), grads, buffers, model(batch).detach(), TargetTransform.sizes(batch)))
+    (o1, g1, b1, e1, s1), (o2, g2, b2, e2, s2) = results
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
     torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(e1, e2, rtol=1e-4, atol=1e-5)
     scale = max(float(a.abs().max()) for a in g1)  # float32 sums in another order: tolerance from the gradient scale
@@ -90,11 +142,26 @@ def test_merged_edges_compute_the_same_function(dataset, conv, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_element_references_count_merged_atoms(dataset, monkeypatch):
+    monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)
+    transform = TargetTransform(True, [0.1], [2.0], np.linspace(-3, 3, 119)[:, None].tolist())
+    out = torch.linspace(-1, 1, len(dataset)).unsqueeze(1)
+    decoded = [transform.decode(out, PackedGraphs(dataset.graphs, collapse=c).batch(torch.arange(len(dataset))))
+               for c in (False, True)]
+    torch.testing.assert_close(decoded[0], decoded[1])
+
+
+def test_atom_dropout_is_not_merged():
+    enc = ElementEncoding.cgcnn92()
+    assert not CGCNN(ModelConfig(readout="atom", dropout=0.1), enc.table).merges_edges
+    assert CGCNN(ModelConfig(readout="crystal", dropout=0.1), enc.table).merges_edges
+
+
 def test_edges_are_merged_only_when_it_pays(dataset):
     g = dataset.graphs
     cubic = PackedGraphs(g.select(np.arange(0, len(g), 2)), collapse=True)  # ideal cells: few distinct edges
     distorted = PackedGraphs(g.select(np.arange(1, len(g), 2)), collapse=True)  # perturbed supercells
-    assert cubic.edge_weight is not None and len(cubic.distance) < 0.7 * cubic.edge_weight.sum()
+    assert cubic.edge_weight is not None and len(cubic.distance) < 0.7 * len(g.select(np.arange(0, len(g), 2)).distance)
     assert distorted.edge_weight is None and len(distorted.distance) == len(g.select(np.arange(1, len(g), 2)).distance)
 
 
@@ -112,7 +179,7 @@ def test_streamed_batches_equal_in_memory_ones(dataset, collapse, monkeypatch):
         a, b = loaded.batch(index), streamed.batch(index)
         for f in fields(a):
             x, y = getattr(a, f.name), getattr(b, f.name)
-            assert (x is None) == (y is None) == (f.name == "edge_weight" and not collapse), f.name
+            assert (x is None) == (y is None) == (f.name in ("edge_weight", "atom_weight") and not collapse), f.name
             if x is not None:
                 assert x.dtype == y.dtype and torch.equal(x, y), f.name
 

@@ -442,7 +442,7 @@ def test_pyg_convolutions_train_and_are_permutation_invariant(table, conv: str) 
 def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
     """The hand-written backward of the merged-edge batch norm against autograd of nn.BatchNorm1d on the
     expanded rows (float64: agreement to rounding)."""
-    from cgcnn_lab.model.convs import edge_batch_norm
+    from cgcnn_lab.model.convs import weighted_batch_norm
 
     torch.manual_seed(0)
     rows, channels = 50, 6
@@ -455,7 +455,7 @@ def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
         merged.bias.uniform_(-1, 1)
     expanded.load_state_dict(merged.state_dict())
 
-    (edge_batch_norm(x, merged, weight) * upstream).sum().backward()
+    (weighted_batch_norm(x, merged, weight) * upstream).sum().backward()
     grads = [x.grad.clone(), merged.weight.grad, merged.bias.grad]
     x.grad = None
     repeat = torch.repeat_interleave(torch.arange(rows), weight.long())
@@ -467,9 +467,10 @@ def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
     torch.testing.assert_close(merged.running_var, expanded.running_var)
 
 
-def test_fused_gated_messages_equal_the_composite(monkeypatch) -> None:
-    """The hand-written edge step (training, merged edges) against autograd through the composite, in float64:
-    outputs, every gradient and the batch-norm running statistics."""
+@pytest.mark.parametrize("merged_atoms", [False, True])
+def test_fused_gated_messages_equal_the_composite(monkeypatch, merged_atoms: bool) -> None:
+    """The hand-written edge step (training, merged edges, with and without merged atoms) against autograd through
+    the composite, in float64: outputs, every gradient and the batch-norm running statistics."""
     torch.manual_seed(5)
     n_atoms, n_edges, n_bonds = 30, 200, 40
     x = torch.randn(n_atoms, 6, dtype=torch.float64, requires_grad=True)
@@ -477,6 +478,7 @@ def test_fused_gated_messages_equal_the_composite(monkeypatch) -> None:
     bonds = torch.randn(n_bonds, 5, dtype=torch.float64, requires_grad=True)
     inverse = torch.randint(0, n_bonds, (n_edges,))
     weight = torch.randint(1, 4, (n_edges,)).double()
+    atom_weight = torch.randint(1, 5, (n_atoms,)).double() if merged_atoms else None
     fused = GatedConv(6, 5).double()
     with torch.no_grad():
         fused.bn1.weight.uniform_(0.5, 1.5)
@@ -490,11 +492,13 @@ def test_fused_gated_messages_equal_the_composite(monkeypatch) -> None:
     for layer in (fused, composite):
         if layer is composite:
             monkeypatch.setattr(GatedConv, "_fused", lambda *_: False)
-        out = layer(x, edge_index, bonds, inverse, weight)
+        out = layer(x, edge_index, bonds, inverse, weight, atom_weight)
         upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(0))
         grads = torch.autograd.grad((out * upstream).sum(), [x, bonds, *layer.parameters()])
-        results.append((out, grads, layer.bn1.running_mean.clone(), layer.bn1.running_var.clone()))
-    (out_f, grads_f, mean_f, var_f), (out_c, grads_c, mean_c, var_c) = results
+        results.append((out, grads, layer.bn1.running_mean.clone(), layer.bn1.running_var.clone(),
+                        layer.bn2.running_var.clone()))
+    (out_f, grads_f, mean_f, var_f, atoms_f), (out_c, grads_c, mean_c, var_c, atoms_c) = results
+    torch.testing.assert_close(atoms_f, atoms_c)
     torch.testing.assert_close(out_f, out_c, rtol=1e-10, atol=1e-12)
     for a, b in zip(grads_f, grads_c, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

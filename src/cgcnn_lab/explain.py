@@ -30,7 +30,7 @@ def site_contributions(trained: TrainedModel, dataset, batch_size: int = 256) ->
         )
     model.eval()
     frames = []
-    for batch in dataset.loader(batch_size=batch_size, collapse=model.merges_edges):
+    for batch in dataset.loader(batch_size=batch_size):  # every site: no merged atoms
         raw = model.site_outputs(batch)  # [N, T]
         sizes = TargetTransform.sizes(batch).to(raw.dtype)[batch.batch]  # atoms of each site's crystal, [N, 1]
         if transform is None:  # classification: contribution to the log-odds of class 1 (or of the top class)

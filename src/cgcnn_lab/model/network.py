@@ -19,6 +19,15 @@ from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation, per_ed
 POOLING = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 
 
+def pool(kind: str, x: torch.Tensor, batch: torch.Tensor, n_crystals: int | None, weight: torch.Tensor | None):
+    """Pool atom rows into crystals; a row that stands for ``weight`` identical atoms counts that often."""
+    if weight is None or kind == "max":
+        return POOLING[kind](x, batch, n_crystals)
+    weight = weight.to(x.dtype).unsqueeze(1)
+    total = global_add_pool(x * weight, batch, n_crystals)
+    return total if kind == "sum" else total / global_add_pool(weight, batch, n_crystals)
+
+
 @dataclass
 class ModelConfig:
     """Architecture. Defaults are the original CGCNN's (3 gated convs, 64 atom features, 128 hidden, mean pool)."""
@@ -98,7 +107,6 @@ class CGCNN(nn.Module):
         )
         if self.updates_edges:
             self.edge_embedding = nn.Sequential(nn.Linear(edge_dim, c.atom_fea_len), activation(c.activation))
-        self.pool = POOLING[c.pool]
         self.act = activation(c.activation)
         self.conv_to_fc = nn.Linear(c.atom_fea_len, c.h_fea_len)
         self.fcs = nn.ModuleList(nn.Linear(c.h_fea_len, c.h_fea_len) for _ in range(c.n_h - 1))
@@ -115,14 +123,15 @@ class CGCNN(nn.Module):
             return x
         distances, inverse = torch.unique(batch.distance, return_inverse=True)  # see convs.py: deduplicated bonds
         edge_attr = self.expansion(distances)
-        weight = getattr(batch, "edge_weight", None)  # multiplicities of merged edges (data/batching.py)
+        # merged graphs (data/batching.py): multiplicities of edges and of identical atoms
+        weights = {"edge_weight": getattr(batch, "edge_weight", None), "atom_weight": getattr(batch, "atom_weight", None)}
         if self.updates_edges:  # bond states diverge per edge after the first layer: expand the embedding once
             edges = per_edge(self.edge_embedding(edge_attr), inverse)
             for conv in self.convs:
-                x, edges = conv(x, batch.edge_index, edges, None, weight)
+                x, edges = conv(x, batch.edge_index, edges, None, **weights)
             return x
         for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr, inverse, weight)
+            x = conv(x, batch.edge_index, edge_attr, inverse, **weights)
         return x
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -143,21 +152,25 @@ class CGCNN(nn.Module):
     def forward(self, batch) -> torch.Tensor:
         n_crystals = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
         x = self.atom_features(batch)
+        atom_weight = getattr(batch, "atom_weight", None)
         # under bf16 autocast (--precision bf16-mixed) the convolutions run in bf16; pooling and the head stay in
         # the weights' precision (fp32), so predictions keep full resolution (bf16 steps are ~0.4% of the value)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.fc_out.weight.dtype)
             if self.config.readout == "atom":  # the head per site, then pooling (see site_outputs)
-                out = self.pool(self.head(x), batch.batch, n_crystals)
+                out = pool(self.config.pool, self.head(x), batch.batch, n_crystals, atom_weight)
             else:
-                out = self.head(self.pool(x, batch.batch, n_crystals))
+                out = self.head(pool(self.config.pool, x, batch.batch, n_crystals, atom_weight))
         return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
 
     @property
     def merges_edges(self) -> bool:
-        """Whether repeated edges may be merged into weighted ones for this model (data/batching.py): the gated,
-        edge-gated and shared layers weight by multiplicity; PyG layers would expand them again, so they get plain edges."""
-        return self.config.conv in ("gated", "shared", "egated", "none")
+        """Whether identical atoms and repeated edges may be merged into weighted rows for this model
+        (data/batching.py): the gated, edge-gated and shared layers weight sums, batch norms and pooling by
+        multiplicity; PyG layers would expand them again, so they get plain graphs. Dropout on every atom
+        (``readout="atom"``) would draw one mask per merged row instead of one per atom: not merged either."""
+        atom_dropout = self.config.readout == "atom" and self.config.dropout > 0
+        return self.config.conv in ("gated", "shared", "egated", "none") and not atom_dropout
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -126,6 +126,9 @@ class TargetTransform:
         if self.element_ref is None:
             return 0.0
         ref = like.new_tensor(self.element_ref)[batch.z]  # [N, T]
+        atom_weight = getattr(batch, "atom_weight", None)  # a merged row stands for that many atoms
+        if atom_weight is not None:
+            ref = ref * atom_weight.to(ref.dtype).unsqueeze(1)
         total = like.new_zeros((int(batch.num_graphs), ref.shape[1])).index_add_(0, batch.batch, ref)
         return total / self.sizes(batch).to(like.dtype)
 
@@ -134,7 +137,12 @@ class TargetTransform:
 
     @staticmethod
     def sizes(batch) -> torch.Tensor:
-        return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32).unsqueeze(1)
+        """[B, 1] atoms per crystal, merged atoms counted as often as they stand (data/batching.py)."""
+        atom_weight = getattr(batch, "atom_weight", None)
+        if atom_weight is None:
+            return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32).unsqueeze(1)
+        sizes = atom_weight.new_zeros(int(batch.num_graphs)).index_add_(0, batch.batch, atom_weight)
+        return sizes.to(torch.float32).unsqueeze(1)
 
     def intensive(self, y: torch.Tensor, batch) -> torch.Tensor:
         """Data unit -> the quantity learned, before normalisation (per atom with ``per_atom``)."""
