@@ -237,3 +237,14 @@ def test_gaussian_expansion_has_no_denormals(dtype):
     torch.testing.assert_close(u[kept], exact[kept])  # everything else is the Gaussian itself
     assert (u[~kept] == 0).all() and kept.float().mean() < 0.5
     assert u.max() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_merged_share_is_reported(dataset, stream, monkeypatch):
+    monkeypatch.setattr("cgcnn_lab.data.batching.MERGE_WORTHWHILE", 1.0)
+    packed = PackedGraphs(dataset.graphs, collapse=True, stream=stream)
+    full = PackedGraphs(dataset.graphs, collapse=False, stream=False)
+    merged = PackedGraphs(dataset.graphs, collapse=True, stream=False)
+    assert packed.merge and full.kept == (1.0, 1.0)
+    assert packed.kept == pytest.approx((len(merged.z) / len(full.z), len(merged.distance) / len(full.distance)))
+    assert packed.kept[0] < 1 and packed.kept[1] < 1

@@ -253,12 +253,13 @@ class PackedGraphs:
         self.y = None if targets is None else as_t(targets, torch.float32).reshape(len(graphs), -1)
         z, atom_ptr, atom_weight = graphs.z, graphs.atom_ptr, None
         edge_index, distance, edge_ptr, edge_weight = graphs.edge_index, graphs.distance, graphs.edge_ptr, None
-        self.merge = False
+        self.merge, self.kept = False, (1.0, 1.0)
         if collapse and len(distance):
             parts = _merged_parts(graphs)
             if not stream:  # keep them; streamed batches are merged as they are read
                 parts = list(parts)
-            n_merged = sum(len(p[4]) for p in parts)
+            n_atoms, n_merged = np.sum([(len(p[0]), len(p[4])) for p in parts], axis=0)  # one pass: may be a generator
+            self.kept = (n_atoms / len(z), n_merged / len(distance))  # shares of the atoms and edges left
             # the weighted batch norm costs more passes than the native one: merging pays only when it removes
             # enough edges (Castelli: 0.38 of the edges remain; course set: 0.28)
             self.merge = n_merged <= MERGE_WORTHWHILE * len(distance)

@@ -426,6 +426,9 @@ def train(
         log(f"streaming batches from the memory-mapped graph cache ({dataset.graphs.nbytes() / 1e9:.2f} GB in memory "
             f"would be over {STREAM_ABOVE:.0%} of the {available_memory() / 1e9:.1f} GB free)"
             if data.stream is None else "streaming batches from the memory-mapped graph cache (--stream on)")
+    if packed.merge:
+        log(f"identical atoms and repeated edges merged: {packed.kept[0]:.2f} of the atoms and {packed.kept[1]:.2f} of "
+            "the edges left (the same function, less work)")
     train_loader = PackedLoader(packed, split.train, opts.batch_size, shuffle=True, seed=opts.seed)
     val_loader = PackedLoader(packed, split.val, max(opts.batch_size, 256))
     monitor = "val_mae" if transform is not None else "val_loss"
