@@ -467,6 +467,25 @@ def test_weighted_batch_norm_equals_batch_norm_on_repeated_rows() -> None:
     torch.testing.assert_close(merged.running_var, expanded.running_var)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_weighted_batch_norm_keeps_fp32_statistics_under_autocast(dtype) -> None:
+    """``--precision 16-mixed``: Σ weight · var is far above fp16's 65,504 for a batch of a few thousand atoms;
+    the running variance must stay what nn.BatchNorm1d (which autocast runs in fp32) gets on the expanded rows."""
+    from cgcnn_lab.model.convs import weighted_batch_norm
+
+    torch.manual_seed(0)
+    rows, channels = 2_000, 8
+    x = 3.0 * torch.randn(rows, channels) + 1.0
+    weight = torch.randint(1, 40, (rows,)).float()  # ~40,000 unmerged rows
+    merged, expanded = nn.BatchNorm1d(channels), nn.BatchNorm1d(channels)
+    with torch.autocast("cpu", dtype=dtype):
+        out = weighted_batch_norm(x, merged, weight)
+    expanded(x[torch.repeat_interleave(torch.arange(rows), weight.long())])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(merged.running_var, expanded.running_var, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(merged.running_mean, expanded.running_mean, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("merged_atoms", [False, True])
 def test_fused_gated_messages_equal_the_composite(monkeypatch, merged_atoms: bool) -> None:
     """The hand-written edge step (training, merged edges, with and without merged atoms) against autograd through

@@ -181,8 +181,11 @@ def _update_running_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Ten
     """What ``nn.BatchNorm1d`` does with the batch statistics (unbiased variance over the unmerged rows)."""
     with torch.no_grad():
         bn.num_batches_tracked += 1
-        bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)  # bf16 under autocast: stats stay fp32
-        bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)
+        dtype = torch.promote_types(var.dtype, bn.running_var.dtype)  # var · total overflows fp16
+        total = total.to(dtype)
+        bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)
+        unbiased = var[0].to(dtype) * total / (total - 1).clamp_min(1)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
 
 
 def weighted_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None) -> torch.Tensor:
@@ -190,11 +193,16 @@ def weighted_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | N
 
     Training statistics are the multiplicity-weighted mean and (biased) variance, and the running estimates get
     the unbiased one, exactly what ``nn.BatchNorm1d`` computes on the unmerged rows. Evaluation needs no weights.
+    Under autocast it runs in fp32, as ``nn.BatchNorm1d`` does: fp16/bf16 weights and statistics would be off by
+    up to a few per mille, and ``var · total`` overflows fp16.
     """
     if weight is None or not isinstance(bn, nn.BatchNorm1d) or not bn.training:
         return bn(x)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32, float64 stays
+    weight = weight.to(dtype)
     total = weight.sum()
-    out, mean, var = _WeightedBatchNorm.apply(x, weight / total, bn.weight, bn.bias, bn.eps)
+    with torch.autocast(x.device.type, enabled=False):
+        out, mean, var = _WeightedBatchNorm.apply(x.to(dtype), weight / total, bn.weight, bn.bias, bn.eps)
     _update_running_stats(bn, mean, var, total)
     return out
 
