@@ -111,7 +111,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="with --init-from: keep the embedding and convolutions fixed, train the rest")
     g.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto (Lightning)")
     g.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                   help="bf16-mixed: convolutions in bfloat16 (GPUs; CPUs with AMX/AVX512-BF16), head and loss in fp32")
+                   help="bf16-mixed / 16-mixed: convolutions in bfloat16 / float16 (GPUs; bf16 also on CPUs with "
+                        "AMX/AVX512-BF16); batch-norm statistics, head and loss in fp32")
     g.add_argument("--devices", default="1", help="devices (processes) per node, e.g. 2; 'auto' for all GPUs")
     g.add_argument("--strategy", default="auto",
                    help="Lightning strategy: ddp (data parallel; torchrun/SLURM compatible), ddp_spawn, auto")
