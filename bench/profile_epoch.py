@@ -36,7 +36,7 @@ def main() -> None:
     n_train = int(0.8 * len(dataset))
     torch.manual_seed(0)
     model = CGCNN(ModelConfig(), encoding.table)
-    collapse = model.merges_edges and not args.plain
+    collapse = model.merges_graphs and not args.plain
     batches = list(dataset.loader(range(n_train), batch_size=64, shuffle=True, collapse=collapse))
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
 

@@ -13,6 +13,7 @@ from torch_geometric.loader import DataLoader
 from cgcnn_lab.data.batching import PackedGraphs, PackedLoader, concatenated_ranges, equivalent_atoms, merge_equivalent
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.featurize import GraphSet
 from cgcnn_lab.data.graph import GaussianExpansion, GraphConfig
 from cgcnn_lab.data.sources import from_structures
 from cgcnn_lab.model.network import CGCNN, ModelConfig
@@ -120,7 +121,7 @@ def test_merged_graphs_compute_the_same_function(dataset, conv, pool, readout, m
     for collapse in (False, True):
         torch.manual_seed(0)
         model = CGCNN(ModelConfig(conv=conv, n_conv=2, pool=pool, readout=readout), enc.table).train()
-        merged = collapse and model.merges_edges
+        merged = collapse and model.merges_graphs
         batch = PackedGraphs(dataset.graphs, dataset.targets, collapse=merged).batch(torch.arange(len(dataset)))
         assert (batch.edge_weight is not None) == (batch.atom_weight is not None) == merged
         assert (batch.num_nodes < len(dataset.graphs.z)) == merged
@@ -153,8 +154,8 @@ def test_element_references_count_merged_atoms(dataset, monkeypatch):
 
 def test_atom_dropout_is_not_merged():
     enc = ElementEncoding.cgcnn92()
-    assert not CGCNN(ModelConfig(readout="atom", dropout=0.1), enc.table).merges_edges
-    assert CGCNN(ModelConfig(readout="crystal", dropout=0.1), enc.table).merges_edges
+    assert not CGCNN(ModelConfig(readout="atom", dropout=0.1), enc.table).merges_graphs
+    assert CGCNN(ModelConfig(readout="crystal", dropout=0.1), enc.table).merges_graphs
 
 
 def test_edges_are_merged_only_when_it_pays(dataset):
@@ -201,6 +202,9 @@ def test_chunked_passes_equal_whole_set_ones(dataset, monkeypatch):
     assert len(list(g.chunks())) > 5
     assert [c for pair in g.chunks() for c in pair][::2] + [len(g)] == sorted({c for pair in g.chunks() for c in pair})
     np.testing.assert_array_equal(g.degree(), whole_degree)
+    edgeless = GraphSet(np.array(["a", "b", "c"]), np.ones(3, dtype=np.int16), np.arange(4),
+                        np.zeros((2, 2), dtype=np.int32), np.ones(2, dtype=np.float32), np.array([0, 0, 0, 2]))
+    assert list(edgeless.chunks(1)) == [(0, 2), (2, 3)]  # the leading crystals without edges are covered too
     z, ptr = g.atoms(np.array([5, 2]))
     np.testing.assert_array_equal(z, np.concatenate([g.graph(5).z, g.graph(2).z]))
     np.testing.assert_array_equal(ptr, [0, g.n_atoms[5], g.n_atoms[5] + g.n_atoms[2]])

@@ -418,7 +418,7 @@ def test_edge_gated_conv_equals_its_formula(batchnorm: bool) -> None:
 
 def test_edge_gated_network_has_a_bond_embedding_and_no_unused_last_update(table) -> None:
     model = build(table, conv="egated")
-    assert model.updates_edges and model.merges_edges
+    assert model.updates_edges and model.merges_graphs
     assert model.edge_embedding[0].in_features == model.expansion.out_features
     assert model.edge_embedding[0].out_features == model.config.atom_fea_len
     assert not build(table, conv="gated").updates_edges and not hasattr(build(table), "edge_embedding")

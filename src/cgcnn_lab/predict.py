@@ -147,7 +147,7 @@ def predict_outputs(
     model.eval()
     outputs = []
     device = next(model.parameters()).device
-    for batch in dataset.loader(subset, batch_size, collapse=model.merges_edges, device=str(device)):
+    for batch in dataset.loader(subset, batch_size, collapse=model.merges_graphs, device=str(device)):
         out = model(batch)
         if transform is None:
             outputs.append(out.exp())

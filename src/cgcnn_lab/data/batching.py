@@ -238,7 +238,7 @@ class PackedGraphs:
     and the batches are identical to the in-memory ones.
 
     ``collapse=True`` merges identical atoms and repeated edges (module docstring); use it for models whose
-    ``merges_edges`` is true (they weight by ``atom_weight`` and ``edge_weight``).
+    ``merges_graphs`` is true (they weight by ``atom_weight`` and ``edge_weight``).
     """
 
     def __init__(

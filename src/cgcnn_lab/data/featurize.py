@@ -106,7 +106,7 @@ class GraphSet:
         """Consecutive crystal ranges [c0, c1) of about ``max_edges`` edges each: whole-set passes in bounded memory."""
         max_edges = max_edges or CHUNK_EDGES
         bounds = np.searchsorted(self.edge_ptr, np.arange(0, self.edge_ptr[-1], max_edges), side="right") - 1
-        bounds = np.unique(np.concatenate([bounds, [len(self)]]).clip(0, len(self)))
+        bounds = np.unique(np.concatenate([[0], bounds, [len(self)]]).clip(0, len(self)))  # 0: edgeless leaders
         yield from zip(bounds[:-1].tolist(), bounds[1:].tolist())
 
     def degree(self) -> np.ndarray:

@@ -124,9 +124,9 @@ class _GatedMessages(torch.autograd.Function):
         out_i = Σ_{e: i_e = i} m_e σ(f_e) ⊙ softplus(c_e)
 
     (W_c, W_n, W_u: the centre, neighbour and bond columns of ``fc_full``; u: bond features per distinct distance,
-    k_e the edge's; m_e: the multiplicity of a merged edge at its centre; w_e ∝ the unmerged edges it stands for). The three parts are written into one table and each
-    edge sums its three rows in a single ``embedding_bag`` (0.2 ms against 0.9 ms for three gathers and two adds on
-    a Castelli batch). Autograd through the composite allocates a fresh E-row tensor at almost every step and keeps
+    k_e the edge's; m_e: the multiplicity of a merged edge at its centre; w_e ∝ the unmerged edges it stands for).
+    The three parts are written into one table and each edge sums its three rows in a single ``embedding_bag``
+    (0.2 ms against 0.9 ms for three gathers and two adds on a Castelli batch). Autograd through the composite allocates a fresh E-row tensor at almost every step and keeps
     several for the backward; this works in place where it can, keeps x̂, σ(f) and softplus(c), and gets
     softplus'(c) = σ(c) from the saved softplus (σ(c) = 1 − e^(−softplus(c))). About as many operators, less memory
     traffic: the Castelli model loop went from 42.7 to 35.7 ms a step (one thread, interleaved A/B; BENCHMARKS.md).

@@ -164,7 +164,7 @@ class CGCNN(nn.Module):
         return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
 
     @property
-    def merges_edges(self) -> bool:
+    def merges_graphs(self) -> bool:
         """Whether identical atoms and repeated edges may be merged into weighted rows for this model
         (data/batching.py): the gated, edge-gated and shared layers weight sums, batch norms and pooling by
         multiplicity; PyG layers would expand them again, so they get plain graphs. Dropout on every atom

@@ -421,7 +421,7 @@ def train(
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     log(f"model: {model_cfg.conv} conv x{model_cfg.n_conv if model_cfg.conv != 'none' else 0}, "
         f"{module.model.n_parameters():,} parameters; learning {'labels' if transform is None else learned_unit}")
-    packed = PackedGraphs(dataset.graphs, train_targets, collapse=module.model.merges_edges, stream=data.stream)
+    packed = PackedGraphs(dataset.graphs, train_targets, collapse=module.model.merges_graphs, stream=data.stream)
     if packed.stream:
         log(f"streaming batches from the memory-mapped graph cache ({dataset.graphs.nbytes() / 1e9:.2f} GB in memory "
             f"would be over {STREAM_ABOVE:.0%} of the {available_memory() / 1e9:.1f} GB free)"
