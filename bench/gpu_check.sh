@@ -9,19 +9,11 @@
 #
 # Env: DATA (Castelli csv), ATOM_INIT (element table json, for machines without pymatgen: with a graph cache in
 # CGCNN_LAB_CACHE nothing else needs it), PYTHON, ACC (gpu), EPOCHS, OUT. Writes $OUT/gpu_check.md and $OUT/results.tgz.
-set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-PY=${PYTHON:-python3}
-DATA=${DATA:-../shared/data/castelli_perovskites.csv.gz}
+source "$(dirname "$0")/gpu_common.sh"
 EPOCHS=${EPOCHS:-30}
 OUT=${OUT:-runs/gpu-check}
 mkdir -p "$OUT/logs"
-T0=$(date +%s)
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  echo "cores: $(nproc --all); commit $(git rev-parse --short HEAD 2>/dev/null)"
-  $PY -c "import torch, lightning, torch_geometric, sys; print(sys.version.split()[0], torch.__version__, lightning.__version__, torch_geometric.__version__, torch.cuda.is_available())"
-} | tee "$OUT/env.txt"
+machine | tee "$OUT/env.txt"
 MB="$PY bench/matbench_perovskites.py --data $DATA --accelerator ${ACC:-gpu} --folds 0 --epochs $EPOCHS"
 PIDS=""
 for run in matbench:32-true matbench:bf16-mixed matbench:16-mixed best:32-true best:16-mixed; do
@@ -30,7 +22,7 @@ for run in matbench:32-true matbench:bf16-mixed matbench:16-mixed best:32-true b
     > "$OUT/logs/$preset-$precision.log" 2>&1 & PIDS="$PIDS $!"
 done
 wait $PIDS
-echo "runs ended at $(( $(date +%s) - T0 )) s"
+echo "runs ended at $(el) s"
 $PY - "$OUT" "$DATA" "${ATOM_INIT:-}" <<'PY' | tee "$OUT/gpu_check.md"
 import subprocess, sys
 from pathlib import Path
@@ -56,4 +48,4 @@ for run in sorted(out.glob("*/*-fold0-seed0")):
     print(f"| {run.name.split('-')[0]} | {precision} | {mae:.4f} | {seconds.diff().median():.2f} | {finite} | {diff:.2e} |")
 PY
 tar czf "$OUT/results.tgz" --exclude='*.ckpt' --exclude='cpu_predictions.csv' "$OUT"/*/ 2>/dev/null
-echo "total $(( $(date +%s) - T0 )) s"
+echo "total $(el) s"

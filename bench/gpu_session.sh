@@ -9,18 +9,11 @@
 #
 # Env: DATA (Castelli csv), ATOM_INIT (element table json, for machines without pymatgen: with a graph cache in
 # CGCNN_LAB_CACHE nothing else needs it), PYTHON, ACC (gpu), DEADLINE (s), OUT. Checkpoints are not archived.
-set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-PY=${PYTHON:-python3}
-DATA=${DATA:-../shared/data/castelli_perovskites.csv.gz}
+source "$(dirname "$0")/gpu_common.sh"
 DEADLINE=${DEADLINE:-520}
 OUT=${OUT:-runs/gpu-session}
 R=$OUT/logs; mkdir -p "$R"
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
-echo "cores: $(nproc --all)"
-$PY -c "import torch, lightning, torch_geometric, sys; print(sys.version.split()[0], torch.__version__, lightning.__version__, torch_geometric.__version__, torch.cuda.is_available())"
+machine
 MB="$PY bench/matbench_perovskites.py --data $DATA --accelerator ${ACC:-gpu} ${ATOM_INIT:+--atom-init $ATOM_INIT}"
 
 launch() {  # $1 = out dir, $2 = matbench epochs, $3 = best epochs
