@@ -126,10 +126,10 @@ class _GatedMessages(torch.autograd.Function):
     (W_c, W_n, W_u: the centre, neighbour and bond columns of ``fc_full``; u: bond features per distinct distance,
     k_e the edge's; m_e: the multiplicity of a merged edge at its centre; w_e ∝ the unmerged edges it stands for).
     The three parts are written into one table and each edge sums its three rows in a single ``embedding_bag``
-    (0.2 ms against 0.9 ms for three gathers and two adds on a Castelli batch). Autograd through the composite allocates a fresh E-row tensor at almost every step and keeps
-    several for the backward; this works in place where it can, keeps x̂, σ(f) and softplus(c), and gets
-    softplus'(c) = σ(c) from the saved softplus (σ(c) = 1 − e^(−softplus(c))). About as many operators, less memory
-    traffic: the Castelli model loop went from 42.7 to 35.7 ms a step (one thread, interleaved A/B; BENCHMARKS.md).
+    (0.2 ms against 0.9 ms for three gathers and two adds on a Castelli batch). Autograd through the composite
+    allocates a fresh E-row tensor at almost every step and keeps several for the backward; this works in place
+    where it can, keeps x̂, σ(f) and softplus(c), and gets softplus'(c) = σ(c) from the saved softplus
+    (σ(c) = 1 − e^(−softplus(c))). About as many operators, less memory traffic: the Castelli model loop went from 42.7 to 35.7 ms a step (one thread, interleaved A/B; BENCHMARKS.md).
     Checked against the composite in tests/test_model.py.
     """
 
@@ -178,14 +178,13 @@ class _GatedMessages(torch.autograd.Function):
 
 
 def _update_running_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
-    """What ``nn.BatchNorm1d`` does with the batch statistics (unbiased variance over the unmerged rows)."""
+    """What ``nn.BatchNorm1d`` does with the batch statistics (unbiased variance over the unmerged rows). Both
+    callers hand over fp32 (or fp64) statistics: under autocast the fused step is off and ``weighted_batch_norm``
+    leaves it, since ``var · total`` overflows fp16."""
     with torch.no_grad():
         bn.num_batches_tracked += 1
-        dtype = torch.promote_types(var.dtype, bn.running_var.dtype)  # var · total overflows fp16
-        total = total.to(dtype)
         bn.running_mean.lerp_(mean[0].to(bn.running_mean.dtype), bn.momentum)
-        unbiased = var[0].to(dtype) * total / (total - 1).clamp_min(1)
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
+        bn.running_var.lerp_((var[0] * total / (total - 1).clamp_min(1)).to(bn.running_var.dtype), bn.momentum)
 
 
 def weighted_batch_norm(x: torch.Tensor, bn: nn.Module, weight: torch.Tensor | None) -> torch.Tensor:
