@@ -12,12 +12,12 @@ from pymatgen.core import Lattice, Structure
 
 from cgcnn_lab.data.graph import (
     CrystalGraph,
-    GaussianExpansion,
     GraphConfig,
     GraphError,
     nearest_neighbor_edges,
     structure_to_graph,
 )
+from cgcnn_lab.model.expansion import GaussianExpansion
 
 TOL = 1e-5
 ELEMENTS = ["H", "Li", "C", "O", "Na", "Mg", "Si", "Cl", "Ti", "Fe", "Sr", "Ba"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cgcnn_lab import homework as hw
-from cgcnn_lab.data.graph import GaussianExpansion
+from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.model.convs import GatedConv, SharedConv
 
 ROOT = Path(__file__).resolve().parents[1]

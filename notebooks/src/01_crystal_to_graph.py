@@ -46,7 +46,8 @@ from pymatgen.core import Structure
 
 from cgcnn_lab import homework as hw
 from cgcnn_lab.data.elements import ElementEncoding
-from cgcnn_lab.data.graph import GaussianExpansion, GraphConfig, structure_to_graph
+from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
+from cgcnn_lab.model.expansion import GaussianExpansion
 
 hw.inline_plots()
 DATA_DIR = Path(os.environ.get("CGCNN_DATA", "../../../shared/data"))  # the one data setting

@@ -40,7 +40,8 @@ from torch import nn
 
 from cgcnn_lab import homework as hw
 from cgcnn_lab.data.elements import ElementEncoding
-from cgcnn_lab.data.graph import GaussianExpansion, GraphConfig, structure_to_graph
+from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
+from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.model.convs import GatedConv, SharedConv
 
 hw.inline_plots()

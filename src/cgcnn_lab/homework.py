@@ -375,7 +375,7 @@ def check_gaussian(
     raise_on_fail: bool = True,
 ) -> CheckResult:
     """``fn(distances)`` [E] -> [E, K] against ``exp(-(d - mu_k)^2 / width^2)``, mu = 0, step, ..., radius."""
-    from cgcnn_lab.data.graph import GaussianExpansion
+    from cgcnn_lab.model.expansion import GaussianExpansion
 
     ref_module = GaussianExpansion(radius, step, width)
     d = torch.tensor([0.0, 0.73, 1.5, 2.82, 3.99, 5.0, 7.95], dtype=torch.float32)

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch_geometric.data import Data
 
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.featurize import GraphSet, featurize
@@ -16,8 +14,12 @@ from cgcnn_lab.data.sources import DataError, Problem, ProblemLog, RawDataset, s
 
 
 @dataclass
-class CrystalDataset(torch.utils.data.Dataset):
-    """Featurised crystals + targets; ``dataset[i]`` is one crystal as a PyTorch Geometric ``Data`` object."""
+class CrystalDataset:
+    """Featurised crystals + targets; ``dataset[i]`` is one crystal as a PyTorch Geometric ``Data`` object.
+
+    Plain numpy until a batch is asked for: featurising and reporting never import torch (or PyG, which takes
+    ~4 s to import); a map-style dataset for ``torch.utils.data.DataLoader`` all the same (``__len__``,
+    ``__getitem__``)."""
 
     name: str
     graphs: GraphSet
@@ -30,8 +32,11 @@ class CrystalDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.graphs)
 
-    def __getitem__(self, i: int) -> Data:
+    def __getitem__(self, i: int):
         """One crystal as a PyG ``Data`` (for inspection and for PyG tools; training slices the packed arrays)."""
+        import torch
+        from torch_geometric.data import Data
+
         g = self.graphs
         if not -len(g) <= i < len(g):
             raise IndexError(f"crystal {i} out of range for {len(g)} crystals")

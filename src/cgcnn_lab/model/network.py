@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
-from cgcnn_lab.data.graph import GaussianExpansion
+from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation, per_edge
 
 POOLING = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
