@@ -27,7 +27,7 @@ $PY - "$OUT" "$DATA" "${ATOM_INIT:-}" <<'PY' | tee "$OUT/gpu_check.md"
 import subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from cgcnn_lab.predict import load_trained
+from cgcnn_lab.inference import load_trained
 
 out, data, atom_init = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 print("| preset | precision | test MAE (eV/cell), GPU | s/epoch | running stats finite | CPU predict vs GPU test, max abs diff |")

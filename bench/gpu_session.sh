@@ -32,7 +32,7 @@ $PY - "$(el)" "$DEADLINE" "$OUT/calib" > "$R/epochs.txt" 2> "$R/plan.log" <<'PY'
 import sys
 from pathlib import Path
 import pandas as pd
-from cgcnn_lab.presets import PRESETS
+from cgcnn_lab.training.presets import PRESETS
 now, deadline, calib = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 per_epoch = {}
 for f in calib.glob("*/metrics.csv"):
@@ -40,7 +40,7 @@ for f in calib.glob("*/metrics.csv"):
     preset = f.parent.name.split("-")[0]
     per_epoch[preset] = max(per_epoch.get(preset, 0.0), (s.iloc[-1] - s.iloc[0]) / (len(s) - 1))
 left = deadline - now - 45  # start-up, test and report of the real runs
-epochs = {p: max(1, min(PRESETS[p]["epochs"], int(left / (per_epoch[p] * 1.08)))) for p in ("matbench", "best")}
+epochs = {p: max(1, min(PRESETS[p].values["epochs"], int(left / (per_epoch[p] * 1.08)))) for p in ("matbench", "best")}
 print(f"s/epoch with 7 processes: {per_epoch}; {left} s left -> epochs {epochs}", file=sys.stderr)
 print(epochs["matbench"], epochs["best"])
 PY

@@ -101,7 +101,7 @@ def report(*outs: Path) -> pd.DataFrame:
 
 def validation_predictions(run: Path, data: Path, raw_cache: dict) -> pd.Series:
     """A run's predictions on its own validation rows, by crystal id (computed once, kept in the run folder)."""
-    from cgcnn_lab.predict import resolve_checkpoint
+    from cgcnn_lab.inference import resolve_checkpoint
 
     kept = run / "val_predictions.csv"
     if kept.exists() and kept.stat().st_mtime > resolve_checkpoint(run).stat().st_mtime:  # not older than the model
@@ -110,8 +110,9 @@ def validation_predictions(run: Path, data: Path, raw_cache: dict) -> pd.Series:
 
     from cgcnn_lab.data.dataset import build_dataset
     from cgcnn_lab.data.sources import load_dataset
-    from cgcnn_lab.predict import load_trained, predict_outputs
-    from cgcnn_lab.train.run import TrainOptions, make_split
+    from cgcnn_lab.inference import load_trained, predict_outputs
+    from cgcnn_lab.training.options import TrainOptions
+    from cgcnn_lab.training.splits import make_split
 
     config = json.loads((run / "config.json").read_text())
     opts = TrainOptions(**{f.name: config["train"][f.name] for f in fields(TrainOptions) if f.name in config["train"]})
@@ -172,7 +173,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--folds", type=int, nargs="+", default=[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--preset", default="matbench", help="a cgcnn-lab preset (src/cgcnn_lab/presets.py)")
+    p.add_argument("--preset", default="matbench", help="a cgcnn-lab preset (src/cgcnn_lab/training/presets.py)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--out", default="runs/matbench")

@@ -82,7 +82,8 @@ def stage_featurise(table: Path, target: str, cache: str) -> None:
 
 def stage_train(table: Path, target: str, cache: str, epochs: int, stream: str) -> None:
     from cgcnn_lab.model.network import ModelConfig
-    from cgcnn_lab.train.run import DataOptions, TrainOptions, train
+    from cgcnn_lab.training.options import DataOptions, TrainOptions
+    from cgcnn_lab.training.run import train
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()

@@ -39,7 +39,7 @@ from cgcnn_lab.data.featurize import featurize
 from cgcnn_lab.data.graph import GraphConfig
 from cgcnn_lab.data.sources import load_dataset
 from cgcnn_lab.model.network import CGCNN, ModelConfig
-from cgcnn_lab.train.module import make_optimizer
+from cgcnn_lab.training.module import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 11_357  # the original code's 60% training split of the Castelli set
@@ -166,7 +166,8 @@ def bench_train_cli(shared: Path, device: str, epochs: int = 8) -> None:
     """The real training path: Lightning, validation every epoch, best + last checkpoints, metrics.csv."""
     import pandas as pd
 
-    from cgcnn_lab.train.run import DataOptions, TrainOptions, train
+    from cgcnn_lab.training.options import DataOptions, TrainOptions
+    from cgcnn_lab.training.run import train
 
     raw, _, dataset = castelli(shared)
     keep = {str(i) for i in dataset.ids[:N_TRAIN + 1262]}  # train + a 10% validation split
@@ -184,8 +185,8 @@ def bench_train_cli(shared: Path, device: str, epochs: int = 8) -> None:
 
 
 def bench_infer(shared: Path, device: str) -> None:
-    from cgcnn_lab.predict import predict_outputs
-    from cgcnn_lab.train.targets import TargetTransform
+    from cgcnn_lab.inference import predict_outputs
+    from cgcnn_lab.targets import TargetTransform
 
     _, encoding, dataset = castelli(shared)
     model = CGCNN(MATBENCH_MODEL, encoding.table).to(device)

@@ -15,10 +15,10 @@ from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.featurize import GraphSet
 from cgcnn_lab.data.graph import GraphConfig
-from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.data.sources import from_structures
+from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.model.network import CGCNN, ModelConfig
-from cgcnn_lab.train.targets import TargetTransform
+from cgcnn_lab.targets import TargetTransform
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from cgcnn_lab.cli import main
 from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
 from cgcnn_lab.experiments import Variant, apply, base_value, full_grid, load_sweep, one_at_a_time, parse_grid
-from cgcnn_lab.model.network import ModelConfig
-from cgcnn_lab.train.run import DataOptions, TrainOptions
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.training.options import DataOptions, TrainOptions
 
 
 def test_parse_grid_and_errors():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
-from cgcnn_lab.predict import safe_load
+from cgcnn_lab.inference import safe_load
 
 COMMON = ["--target", DEMO_TARGET, "--n-conv", "2", "--atom-fea-len", "32", "--h-fea-len", "32", "--batch-size", "32",
           "--lr", "3e-3", "--dropout", "0.1", "--no-progress"]

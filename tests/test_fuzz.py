@@ -547,7 +547,7 @@ def _id_file(tmp_path: Path, name: str, content: str | bytes) -> Path:
 
 
 def test_id_files_with_bom_crlf_comments_and_csv_columns(tmp_path):
-    from cgcnn_lab.train.splits import id_split, read_id_list
+    from cgcnn_lab.training.splits import id_split, read_id_list
 
     train = _id_file(tmp_path, "train.txt", "\ufeff# training ids\r\na\r\n\r\nb,0.5\r\n")
     val = _id_file(tmp_path, "val.txt", "c")
@@ -558,7 +558,7 @@ def test_id_files_with_bom_crlf_comments_and_csv_columns(tmp_path):
 
 
 def test_id_file_naming_ids_not_in_the_dataset(tmp_path):
-    from cgcnn_lab.train.splits import id_split, read_id_list
+    from cgcnn_lab.training.splits import id_split, read_id_list
 
     val = read_id_list(_id_file(tmp_path, "val.txt", "c\nzz\n"))
     with pytest.raises(DataError) as err:
@@ -573,7 +573,7 @@ def test_id_file_naming_ids_not_in_the_dataset(tmp_path):
 
 
 def test_id_listed_in_two_split_files(tmp_path):
-    from cgcnn_lab.train.splits import id_split, read_id_list
+    from cgcnn_lab.training.splits import id_split, read_id_list
 
     train = read_id_list(_id_file(tmp_path, "train.txt", "a\nb\n"))
     val = read_id_list(_id_file(tmp_path, "val.txt", "b\nc\n"))
@@ -583,7 +583,7 @@ def test_id_listed_in_two_split_files(tmp_path):
 
 
 def test_missing_id_file(tmp_path):
-    from cgcnn_lab.train.splits import read_id_list
+    from cgcnn_lab.training.splits import read_id_list
 
     path = tmp_path / "nothere.txt"
     with pytest.raises(DataError) as err:
@@ -593,7 +593,7 @@ def test_missing_id_file(tmp_path):
 
 @pytest.mark.parametrize("content", [bytes(range(256)), "a\ncafé\n".encode("latin-1")], ids=["binary", "latin-1"])
 def test_id_file_that_is_not_utf8_text(tmp_path, content):
-    from cgcnn_lab.train.splits import read_id_list
+    from cgcnn_lab.training.splits import read_id_list
 
     path = _id_file(tmp_path, "train.txt", content)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: .*UTF-8"):
@@ -602,7 +602,7 @@ def test_id_file_that_is_not_utf8_text(tmp_path, content):
 
 @pytest.mark.parametrize("content", ["", "# no ids yet\n\n"], ids=["empty", "comments-only"])
 def test_empty_id_file(tmp_path, content):
-    from cgcnn_lab.train.splits import id_split, read_id_list
+    from cgcnn_lab.training.splits import id_split, read_id_list
 
     path = _id_file(tmp_path, "train.txt", content)
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*(empty|no ids)"):
@@ -610,7 +610,7 @@ def test_empty_id_file(tmp_path, content):
 
 
 def test_id_listed_twice_in_one_file(tmp_path):
-    from cgcnn_lab.train.splits import id_split, read_id_list
+    from cgcnn_lab.training.splits import id_split, read_id_list
 
     path = _id_file(tmp_path, "train.txt", "a\nb\na\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: id 'a' listed twice$"):

@@ -17,8 +17,9 @@ from torch_geometric.nn import global_add_pool
 
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
-from cgcnn_lab.model.convs import ACTIVATIONS, CONVOLUTIONS, EdgeGatedConv, GatedConv, SharedConv
-from cgcnn_lab.model.network import CGCNN, POOLING, ModelConfig
+from cgcnn_lab.model.config import ACTIVATIONS, CONV_CHOICES, CONVOLUTIONS, POOLING, ModelConfig
+from cgcnn_lab.model.convs import EdgeGatedConv, GatedConv, SharedConv
+from cgcnn_lab.model.network import CGCNN
 
 GRAPH = GraphConfig(radius=5.0, max_neighbors=8)
 SMALL = {"atom_fea_len": 16, "h_fea_len": 24, "n_conv": 2, "radius": 5.0, "gaussian_step": 0.5}
@@ -429,10 +430,35 @@ def test_edge_gated_network_has_a_bond_embedding_and_no_unused_last_update(table
 PYG_CONVS = [c for c in CONVOLUTIONS if c.startswith("pyg-")]
 
 
+def degree_histogram(batch: Batch) -> list[int]:
+    """Atoms per in-degree of the batch's graphs (what training computes for layers that need it)."""
+    return torch.bincount(torch.bincount(batch.edge_index[1], minlength=batch.num_nodes)).tolist()
+
+
+@pytest.mark.parametrize("conv", CONV_CHOICES)
+def test_every_registered_convolution_builds_and_trains_on_8_neighbour_graphs(table, conv: str) -> None:
+    """One class plus one registry entry is a layer: built from its entry on 8-neighbour graphs, it trains, and
+    what the entry says (merges graphs, needs the degree histogram) is what the network does."""
+    batch = training_batch()
+    assert int(torch.bincount(batch.edge_index[1]).max()) == GRAPH.max_neighbors == 8
+    entry = ModelConfig(conv=conv).convolution
+    histogram = degree_histogram(batch) if entry.needs_degree else None
+    model = build(table, conv=conv, degree_histogram=histogram)
+    forward_backward(model, batch)
+    assert model.merges_graphs == entry.merges_graphs
+    if entry.needs_degree:  # PNA's scalers see the real histogram, peaked at 8 here, not a fixed 12
+        assert len(histogram) == 9 and histogram[8] > 0
+        mean_degree = np.average(np.arange(9), weights=histogram)
+        assert model.convs[0].conv.aggr_module.init_avg_deg_lin == pytest.approx(mean_degree)
+        with pytest.raises(ValueError, match="histogram"):
+            build(table, conv=conv)
+
+
 @pytest.mark.parametrize("conv", PYG_CONVS)
 def test_pyg_convolutions_train_and_are_permutation_invariant(table, conv: str) -> None:
-    forward_backward(build(table, conv=conv), training_batch())
-    model = warmed_up(build(table, conv=conv))
+    histogram = degree_histogram(training_batch()) if conv == "pyg-pna" else None
+    forward_backward(build(table, conv=conv, degree_histogram=histogram), training_batch())
+    model = warmed_up(build(table, conv=conv, degree_histogram=histogram))
     s = distorted_perovskite()
     perm = np.roll(np.arange(len(s)), 2)
     permuted = Structure(s.lattice, [s[i].specie for i in perm], s.frac_coords[perm])

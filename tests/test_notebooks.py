@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from cgcnn_lab import homework as hw
-from cgcnn_lab.model.expansion import GaussianExpansion
+from cgcnn_lab.course import homework as hw
 from cgcnn_lab.model.convs import GatedConv, SharedConv
+from cgcnn_lab.model.expansion import GaussianExpansion
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -211,7 +211,7 @@ def test_atom_features(nacl) -> None:
 
 def _variant(ref_cls, **kwargs):
     """A module with the library's layer names whose forward is one of the checker's mistake variants."""
-    from cgcnn_lab.homework import _gated_variant, _shared_variant
+    from cgcnn_lab.course.homework import _gated_variant, _shared_variant
 
     fn = _gated_variant if ref_cls is GatedConv else _shared_variant
 

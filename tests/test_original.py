@@ -18,6 +18,7 @@ from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import Cell, GraphConfig, neighbor_list, pad_edges, structure_to_graph
 from cgcnn_lab.data.sources import from_structures, load_dataset
+from cgcnn_lab.inference import CheckpointError, load_trained, predict_outputs, safe_load
 from cgcnn_lab.model.network import CGCNN, ModelConfig
 from cgcnn_lab.original import (
     OriginalFormatError,
@@ -26,9 +27,8 @@ from cgcnn_lab.original import (
     to_original,
     write_atom_init,
 )
-from cgcnn_lab.predict import CheckpointError, load_trained, predict_outputs, safe_load
-from cgcnn_lab.train.module import SPEC_VERSION
-from cgcnn_lab.train.targets import TargetTransform
+from cgcnn_lab.spec import SPEC_VERSION, ModelSpec
+from cgcnn_lab.targets import TargetTransform
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRETRAINED = SHARED / "pretrained" / "cgcnn-original"
@@ -289,14 +289,14 @@ def test_export_refuses_what_the_original_cannot_express(change, reason):
     spec = _spec(ElementEncoding.cgcnn92())
     spec["model"].update(change)
     with pytest.raises(OriginalFormatError, match=reason):
-        check_exportable(spec)
+        check_exportable(ModelSpec.from_dict(spec))
 
 
 def test_export_refuses_completed_shells():
     spec = _spec(ElementEncoding.cgcnn92())
-    spec["graph"] = {**spec.get("graph", {}), "shell_tol": 0.01}
+    spec["graph"] = {**spec["graph"], "shell_tol": 0.01, "pad_to_max": False}  # they exclude each other
     with pytest.raises(OriginalFormatError, match="shell-tol"):
-        check_exportable(spec)
+        check_exportable(ModelSpec.from_dict(spec))
 
 
 @pytest.mark.parametrize("transform, reason", [({"per_atom": True}, "per-atom"),
@@ -306,7 +306,7 @@ def test_export_refuses_target_transforms(tmp_path, capsys, transform, reason):
     spec = _spec(encoding)
     spec["transform"].update(transform)
     with pytest.raises(OriginalFormatError, match=reason):
-        to_original(_random_model(spec, encoding), spec)
+        to_original(_random_model(spec, encoding), ModelSpec.from_dict(spec))
     ckpt = tmp_path / "ours.ckpt"
     model = _random_model(spec, encoding)
     torch.save({"hyper_parameters": {"spec": spec},

@@ -14,9 +14,10 @@ import torch
 from cgcnn_lab.cli import main
 from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
 from cgcnn_lab.data.sources import DataError, from_structures
-from cgcnn_lab.model.network import ModelConfig
-from cgcnn_lab.predict import CheckpointError, load_trained, predict_structures, safe_load
-from cgcnn_lab.train.run import DataOptions, TrainOptions, train
+from cgcnn_lab.inference import CheckpointError, load_trained, predict_structures, safe_load
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.training.options import DataOptions, TrainOptions
+from cgcnn_lab.training.run import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 COURSE = SHARED / "data" / "homework" / "perovskite_energy"
@@ -113,8 +114,11 @@ def test_checkpoint_round_trip_predicts_identically(table, cache, tmp_path, conv
 
     frame = pd.read_csv(table).set_index("id").loc[saved.id[:5]]
     structures = [Structure.from_str(c, fmt="cif") for c in frame["structure"]]
-    values = predict_structures(result.out, structures)
-    np.testing.assert_allclose(values[:, 0], saved["prediction"].to_numpy()[:5], atol=1e-4)
+    values = predict_structures(result.out, structures, ids=list(frame.index))
+    np.testing.assert_allclose(np.asarray(values)[:, 0], saved["prediction"].to_numpy()[:5], atol=1e-4)
+    table_of = values.frame()  # the same table as the CLI's CSV: ids with their predictions, in the model's unit
+    assert list(table_of["id"]) == list(frame.index) and values.unit == values.spec.unit
+    np.testing.assert_allclose(table_of["prediction"], saved["prediction"].to_numpy()[:5], atol=1e-4)
 
 
 def test_resume_continues_from_last_checkpoint(table, cache, tmp_path):
@@ -358,7 +362,7 @@ def test_site_contributions_add_up_to_the_prediction(table, cache, tmp_path, poo
 
 
 def test_fold_split_validation_is_a_fraction_of_the_training_folds():
-    from cgcnn_lab.train.splits import fold_split
+    from cgcnn_lab.training.splits import fold_split
 
     folds = np.arange(1000) % 5
     split = fold_split(folds, test_fold=0, val_ratio=0.1, seed=0)
@@ -382,7 +386,7 @@ def test_ema_validates_and_predicts_with_averaged_weights(table, cache, tmp_path
 
 
 def test_continue_from_fits_references_to_the_pretrained_models_errors():
-    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+    from cgcnn_lab.targets import TargetTransform, composition_fractions
 
     rng = np.random.default_rng(0)
     counts = rng.integers(2, 9, size=40)
@@ -410,7 +414,7 @@ def test_continue_from_fits_references_to_the_pretrained_models_errors():
 def test_continue_from_a_formation_energy_model_to_total_energies():
     """Total energy per atom = formation energy per atom + Σ_i c_i μ_i: with element references a formation-energy
     model is a valid start for total energies, although their means are 5 eV/atom apart."""
-    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+    from cgcnn_lab.targets import TargetTransform, composition_fractions
 
     rng = np.random.default_rng(2)
     counts = rng.integers(2, 9, size=60)
@@ -475,7 +479,7 @@ def test_bf16_mixed_precision_trains_with_an_fp32_head(table, cache, tmp_path):
 
 
 def test_continue_from_keeps_the_pretrained_models_own_references():
-    from cgcnn_lab.train.targets import TargetTransform, composition_fractions
+    from cgcnn_lab.targets import TargetTransform, composition_fractions
 
     rng = np.random.default_rng(1)
     counts = rng.integers(2, 9, size=30)
@@ -510,19 +514,27 @@ def test_predict_ensemble_averages_the_models(table, cache, tmp_path, capsys):
     assert "ensemble of 2 models" in capsys.readouterr().out
     classifier = train(DataOptions(source=str(table), targets=[DEMO_TARGET], cache_dir=cache, threshold=-1.0),
                        small_model(task="classification"), quick(tmp_path, "clf", epochs=1), log=lambda *_: None).out
-    with pytest.raises(SystemExit, match="task 'classification' differs"):
-        main(["predict", str(runs[0]), str(table), "--ensemble", str(classifier), "--out", str(out), "--cache-dir", cache])
+    assert main(["predict", str(runs[0]), str(table), "--ensemble", str(classifier), "--out", str(out),
+                 "--cache-dir", cache]) == 2
+    assert "task 'classification' differs" in capsys.readouterr().err
 
 
 def test_presets_are_train_options_and_explicit_options_win(monkeypatch):
+    import cgcnn_lab.training.run
     from cgcnn_lab import cli
-    from cgcnn_lab.presets import PRESETS
+    from cgcnn_lab.training.presets import PRESETS
 
     seen: dict = {}
-    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(cgcnn_lab.training.run, "train", lambda *objects: seen.update(
+        {k: v for o in objects for k, v in vars(o).items()}))
     for name, preset in PRESETS.items():
         seen.clear()
         assert cli.main(["train", "data.csv", "--preset", name]) == 0
-        assert {k: seen.get(k, "missing") for k in preset} == preset, name  # every key is a real option
+        assert {k: seen.get(k, "missing") for k in preset.values} == preset.values, name  # every key a real option
+        assert seen["preset"] == name
     assert cli.main(["train", "data.csv", "--preset", "matbench", "--ema", "0", "--epochs", "5"]) == 0
-    assert (seen["ema"], seen["epochs"], seen["weight_decay"]) == (0.0, 5, 0.01)
+    assert (seen["ema"], seen["epochs"], seen["weight_decay"], seen["element_ref"]) == (0.0, 5, 0.01, True)
+    # the same objects from Python: explicit values kept, the rest from the preset
+    data, model, opts = PRESETS["best"].apply(DataOptions(max_neighbors=4), ModelConfig(), TrainOptions(epochs=9),
+                                              keep=["max_neighbors", "epochs"])
+    assert (data.max_neighbors, opts.epochs, model.n_conv, opts.ema, opts.preset) == (4, 9, 5, 0.999, "best")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from cgcnn_lab import homework as hw
+from cgcnn_lab.course import homework as hw
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
 from cgcnn_lab.model.expansion import GaussianExpansion

@@ -38,11 +38,11 @@ import torch
 from pymatgen.core.operations import SymmOp
 from torch import nn
 
-from cgcnn_lab import homework as hw
+from cgcnn_lab.course import homework as hw
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig, structure_to_graph
-from cgcnn_lab.model.expansion import GaussianExpansion
 from cgcnn_lab.model.convs import GatedConv, SharedConv
+from cgcnn_lab.model.expansion import GaussianExpansion
 
 hw.inline_plots()
 torch.manual_seed(0)

@@ -35,11 +35,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from cgcnn_lab import homework as hw
+from cgcnn_lab.course import homework as hw
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.graph import GraphConfig
 from cgcnn_lab.model.network import ModelConfig
-from cgcnn_lab.train.run import DataOptions, TrainOptions, train
+from cgcnn_lab.training.options import DataOptions, TrainOptions
+from cgcnn_lab.training.run import train
 
 hw.inline_plots()
 DATA_DIR = Path(os.environ.get("CGCNN_DATA", "../../../shared/data"))  # the one data setting

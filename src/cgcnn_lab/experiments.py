@@ -13,63 +13,26 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import Field, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cgcnn_lab.model.network import ModelConfig
-from cgcnn_lab.train.run import DataOptions, TrainOptions, fine_tuning_setup, non_default_options
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.optionfield import factor_name, options_of, parse_value, text_of
+from cgcnn_lab.training.finetune import fine_tuning_setup, non_default_options
+from cgcnn_lab.training.options import DataOptions, TrainOptions
 
 
-def _on_off(value: str) -> bool:
-    if value.lower() in ("on", "true", "1", "yes"):
-        return True
-    if value.lower() in ("off", "false", "0", "no"):
-        return False
-    raise ValueError(f"expected on/off, got {value!r}")
+def _factors() -> dict[str, tuple[str, Field]]:
+    """factor name -> (which options object, its field): every option marked as a factor (optionfield.py)."""
+    objects = {"data": DataOptions, "model": ModelConfig, "train": TrainOptions}
+    return {factor_name(f): (where, f) for where, cls in objects.items() for f in options_of(cls) if f.metadata["factor"]}
 
 
-def _float_or_none(value: str) -> float | None:
-    return None if value.lower() in ("none", "off", "") else float(value)
-
-
-def _path_or_none(value: str) -> str | None:
-    return None if value.lower() in ("none", "scratch", "") else value
-
-
-# factor name -> (which options object, field, parser)
-FACTORS: dict[str, tuple[str, str, Callable[[str], object]]] = {
-    "conv": ("model", "conv", str),
-    "n_conv": ("model", "n_conv", int),
-    "atom_fea_len": ("model", "atom_fea_len", int),
-    "h_fea_len": ("model", "h_fea_len", int),
-    "n_h": ("model", "n_h", int),
-    "activation": ("model", "activation", str),
-    "batchnorm": ("model", "batchnorm", _on_off),
-    "pool": ("model", "pool", str),
-    "dropout": ("model", "dropout", float),
-    "atom_encoding": ("model", "atom_encoding", str),
-    "readout": ("model", "readout", str),
-    "max_nbr": ("data", "max_neighbors", int),
-    "radius": ("data", "radius", float),
-    "shell_tol": ("data", "shell_tol", _float_or_none),
-    "gaussian_step": ("data", "gaussian_step", float),
-    "element_ref": ("data", "element_ref", _on_off),
-    "per_atom": ("data", "per_atom", _on_off),
-    "epochs": ("train", "epochs", int),
-    "batch_size": ("train", "batch_size", int),
-    "lr": ("train", "lr", float),
-    "optimizer": ("train", "optimizer", str),
-    "scheduler": ("train", "scheduler", str),
-    "weight_decay": ("train", "weight_decay", float),
-    "loss": ("train", "loss", str),
-    "init_from": ("train", "init_from", _path_or_none),  # "none"/"scratch" or a checkpoint: fine-tuning vs not
-    "freeze_convs": ("train", "freeze_convs", _on_off),
-}
+FACTORS = _factors()
 
 
 @dataclass(frozen=True)
@@ -132,11 +95,8 @@ def load_sweep(path: str | Path) -> dict:
 
 
 def base_value(factor: str, data: DataOptions, model: ModelConfig, opts: TrainOptions) -> str:
-    where, field, _ = FACTORS[factor]
-    value = getattr({"data": data, "model": model, "train": opts}[where], field)
-    if value is None:
-        return "auto" if field == "element_ref" else "none"
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+    where, field = FACTORS[factor]
+    return text_of(field, getattr({"data": data, "model": model, "train": opts}[where], field.name))
 
 
 def full_grid(grid: dict[str, list[str]]) -> list[Variant]:
@@ -149,15 +109,15 @@ def one_at_a_time(grid: dict[str, list[str]], base: dict[str, str]) -> list[Vari
     variants = [Variant(())]
     for factor, values in grid.items():
         for value in values:
-            if _same(FACTORS[factor][2], value, base[factor]):
+            if _same(FACTORS[factor][1], value, base[factor]):
                 continue
             variants.append(Variant(((factor, value),)))
     return variants
 
 
-def _same(parse: Callable[[str], object], a: str, b: str) -> bool:
+def _same(field: Field, a: str, b: str) -> bool:
     try:
-        return parse(a) == parse(b)
+        return parse_value(field, a) == parse_value(field, b)
     except ValueError:
         return a == b
 
@@ -166,19 +126,18 @@ def apply(variant: Variant, data: DataOptions, model: ModelConfig, opts: TrainOp
     """The options of one variant (copies; the inputs are not changed)."""
     changes: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for factor, value in variant.settings:
-        where, field, parse = FACTORS[factor]
-        changes[where][field] = parse(value)
+        where, field = FACTORS[factor]
+        changes[where][field.name] = parse_value(field, value)
     # what a variant sets is asked for, even a default value (max_nbr=12 against an 8-neighbour checkpoint)
     base_asked = non_default_options(data, model) if opts.asked is None else opts.asked
     asked = tuple(sorted({*base_asked, *changes["data"], *changes["model"]}))
-    return (replace(data, **changes["data"]), ModelConfig.from_dict({**model.to_dict(), **changes["model"]}),
-            replace(opts, **changes["train"], asked=asked))
+    return replace(data, **changes["data"]), replace(model, **changes["model"]), replace(opts, **changes["train"], asked=asked)
 
 
 def check_fine_tuning(data: DataOptions, model: ModelConfig, opts: TrainOptions, variants: list[Variant]) -> None:
     """Refuse, before anything trains, a variant whose options a checkpoint it starts from cannot take (rather
     than stopping the sweep when its turn comes)."""
-    from cgcnn_lab.predict import load_trained
+    from cgcnn_lab.inference import load_trained
 
     loaded: dict[str, object] = {}
     for variant in variants:
@@ -201,7 +160,7 @@ def _run_one(job: tuple) -> dict:
         import torch
 
         torch.set_num_threads(threads)
-    from cgcnn_lab.train.run import train
+    from cgcnn_lab.training.run import train
 
     data, model, opts = apply(variant, data, model, opts)
     run_dir = Path(out) / "runs" / variant.folder / f"seed{seed}"
@@ -335,7 +294,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants: list[Variant]) -> list[Path]:
     from matplotlib.figure import Figure
 
-    from cgcnn_lab.train import plots
+    from cgcnn_lab.training import plots
 
     metric, label, _ = _metric(results)
     figures = []

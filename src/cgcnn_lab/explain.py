@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from cgcnn_lab.data.elements import element_symbol
-from cgcnn_lab.predict import TrainedModel
-from cgcnn_lab.train.targets import TargetTransform
+from cgcnn_lab.inference import TrainedModel
+from cgcnn_lab.targets import TargetTransform
 
 
 @torch.no_grad()
@@ -37,10 +37,7 @@ def site_contributions(trained: TrainedModel, dataset, batch_size: int = 256) ->
             contribution = raw[:, 1] - raw[:, 0] if raw.shape[1] == 2 else raw.max(1).values
             contribution = contribution.unsqueeze(1)
         else:
-            mean, std = raw.new_tensor(transform.mean), raw.new_tensor(transform.std)
-            ref = raw.new_tensor(transform.element_ref)[batch.z] if transform.element_ref is not None else 0.0
-            offset = mean + ref
-            contribution = raw * std + (offset if config.pool == "mean" else offset / sizes)
+            contribution = transform.decode_sites(raw, batch.z, sizes, summed=config.pool == "sum")
         pooled = torch.zeros(int(batch.num_graphs), contribution.shape[1], dtype=contribution.dtype)
         pooled = pooled.index_add_(0, batch.batch, contribution)
         if config.pool == "mean":

@@ -19,9 +19,10 @@ import torch
 
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.graph import GraphConfig
-from cgcnn_lab.model.network import CGCNN, ModelConfig
-from cgcnn_lab.train.module import SPEC_VERSION
-from cgcnn_lab.train.targets import TargetTransform
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.model.network import CGCNN
+from cgcnn_lab.spec import ModelSpec
+from cgcnn_lab.targets import TargetTransform
 
 FORMAT = "cgcnn-original"
 DEFAULTS = {"radius": 8.0, "max_num_nbr": 12, "dmin": 0.0, "step": 0.2}  # the original CIFData defaults
@@ -56,7 +57,7 @@ def _count(state: dict, pattern: str) -> int:
     return len({m.group(1) for k in state if (m := re.fullmatch(pattern, k))})
 
 
-def convert(ckpt: dict, encoding: ElementEncoding) -> tuple[CGCNN, dict]:
+def convert(ckpt: dict, encoding: ElementEncoding) -> tuple[CGCNN, ModelSpec]:
     """Original checkpoint + the ``atom_init.json`` encoding -> our model (eval mode) and its spec."""
     args, state = ckpt["args"], ckpt["state_dict"]
     if not isinstance(args, dict):
@@ -91,36 +92,27 @@ def convert(ckpt: dict, encoding: ElementEncoding) -> tuple[CGCNN, dict]:
     model.eval()
     norm = ckpt.get("normalizer") or {"mean": 0.0, "std": 1.0}
     transform = TargetTransform(False, [float(norm["mean"])], [float(norm["std"])])
-    spec = {
-        "version": SPEC_VERSION,
-        "format": FORMAT,
-        "model": config.to_dict(),
-        "graph": graph.to_dict(),
-        "encoding": encoding.to_dict(),
-        "transform": transform.to_dict() if task == "regression" else None,
-        "target_names": ["target"],
-        "unit": "target units",
-        "threshold": None,
-    }
+    spec = ModelSpec(config, graph, encoding, transform if task == "regression" else None, format=FORMAT)
     return model, spec
 
 
-def check_exportable(spec: dict) -> None:
+def check_exportable(spec: ModelSpec) -> None:
     """Raise OriginalFormatError naming the first thing the original code cannot express."""
-    m, t = ModelConfig.from_dict(spec["model"]), spec.get("transform") or {}
+    m, t = spec.model, spec.transform or TargetTransform()
     reasons = [
-        (m.conv != "gated", f"conv {m.conv!r}: the original has only the gated convolution"),
+        (not m.convolution.exportable or m.n_conv == 0,
+         f"conv {m.conv!r}: the original has only the gated convolution"),
         (m.pool != "mean", f"pool {m.pool!r}: the original pools by mean"),
         (m.activation != "softplus", f"activation {m.activation!r}: the original uses softplus"),
         (not m.batchnorm, "batchnorm off: the original always has batch norm in its convolutions"),
         (m.atom_encoding != "fixed", "learned element embedding: the original needs an atom_init.json table"),
-        (spec.get("encoding") is None, "no element encoding stored"),
+        (spec.encoding is None, "no element encoding stored"),
         (m.gaussian_width not in (None, m.gaussian_step), "Gaussian width != step: the original uses the step"),
         (m.task == "classification" and m.n_outputs != 2, f"{m.n_outputs} classes: the original has 2"),
         (m.task == "regression" and m.n_outputs != 1, f"{m.n_outputs} targets: the original predicts one"),
-        (bool(t.get("per_atom")), "per-atom target transform: the original predicts the target directly"),
-        (t.get("element_ref") is not None, "element reference energies: the original has no composition baseline"),
-        ((spec.get("graph") or {}).get("shell_tol") is not None,
+        (t.per_atom, "per-atom target transform: the original predicts the target directly"),
+        (t.element_ref is not None, "element reference energies: the original has no composition baseline"),
+        (spec.graph.shell_tol is not None,
          "completed neighbour shells (--shell-tol): the original keeps exactly the M nearest"),
     ]
     for bad, reason in reasons:
@@ -128,13 +120,12 @@ def check_exportable(spec: dict) -> None:
             raise OriginalFormatError(f"cannot export to the original CGCNN format: {reason}")
 
 
-def to_original(model: CGCNN, spec: dict, epoch: int = 0) -> dict:
+def to_original(model: CGCNN, spec: ModelSpec, epoch: int = 0) -> dict:
     """The original checkpoint dict for a gated-conv model (``optimizer`` omitted: not resumable there)."""
     check_exportable(spec)
-    graph = GraphConfig(**spec["graph"])
-    m = ModelConfig.from_dict(spec["model"])
+    graph, m = spec.graph, spec.model
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "element_table"}
-    t = spec.get("transform") or {"mean": [0.0], "std": [1.0]}
+    t = spec.transform or TargetTransform()
     args = {
         "task": m.task, "atom_fea_len": m.atom_fea_len, "h_fea_len": m.h_fea_len, "n_conv": len(model.convs),
         "n_h": m.n_h, "radius": graph.radius, "max_num_nbr": graph.max_neighbors, "dmin": 0.0,
@@ -142,7 +133,7 @@ def to_original(model: CGCNN, spec: dict, epoch: int = 0) -> dict:
     }
     return {
         "epoch": int(epoch), "state_dict": state, "best_mae_error": math.nan, "args": args,
-        "normalizer": {"mean": torch.tensor(float(t["mean"][0])), "std": torch.tensor(float(t["std"][0]))},
+        "normalizer": {"mean": torch.tensor(float(t.mean[0])), "std": torch.tensor(float(t.std[0]))},
     }
 
 

@@ -301,6 +301,13 @@ class ElementEncoding:
 # ---------------------------------------------------------------------- cgcnn92
 
 
+def choose_encoding(atom_init: str | PathLike[str] | None, folder_atom_init: str | PathLike[str] | None) -> ElementEncoding:
+    """The element encoding of new data: ``--atom-init``, else the data folder's ``atom_init.json`` (as the original
+    code reads it), else the built-in cgcnn92."""
+    path = atom_init or folder_atom_init
+    return ElementEncoding.from_atom_init(path) if path else ElementEncoding.cgcnn92()
+
+
 def _bin_index(x: float, low: float, high: float, n_bins: int = 10) -> int:
     """Left-closed equal-width bin of ``x``; out-of-range values clip to the ends."""
     # Rounding the edges keeps values sitting exactly on an edge (EN 2.6) in the

@@ -1,4 +1,5 @@
-"""Graph convolutions over crystal graphs. A new convolution is one class plus one ``CONVOLUTIONS`` entry.
+"""Graph convolutions over crystal graphs. A new convolution is one class here (or in ``pyg.py``) plus one
+``CONVOLUTIONS`` entry in ``config.py`` that names its capabilities.
 
 Every layer maps atom features ``x`` [N, A] to new atom features [N, A], given directed edges
 ``edge_index`` [2, E] (row 0: neighbour j, row 1: centre i) and bond features ``edge_attr``. Bond features are
@@ -10,27 +11,16 @@ depends on the bond alone is done ~5x less often. ``per_edge`` expands it back f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "softplus": nn.Softplus,
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
-}
+from cgcnn_lab.model.config import ACTIVATIONS
 
 
 def activation(name: str) -> nn.Module:
     try:
-        return ACTIVATIONS[name]()
+        return getattr(nn, ACTIVATIONS[name])()
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}") from None
 
@@ -339,64 +329,3 @@ class EdgeGatedConv(nn.Module):
         if self.update_edges:
             e = e + self.edge_act(weighted_batch_norm(m, self.bn_edges, edge_count(edge_weight, atom_weight, center)))
         return x, e
-
-
-class PyGConv(nn.Module):
-    """A PyTorch Geometric convolution that uses edge features, in the same residual block as the gated layer:
-
-        v_i' = g(v_i + BN(conv(v, edges, u)_i))
-
-    so that a comparison measures the message function, not a missing residual or normalisation. PyG layers
-    take no edge multiplicities (attention normalises over the real edges), so merged edges are expanded back.
-    """
-
-    def __init__(self, kind: str, atom_dim: int, edge_dim: int, act: str = "softplus", batchnorm: bool = True) -> None:
-        super().__init__()
-        self.conv = _pyg_layer(kind, atom_dim, edge_dim)
-        self.bn = batch_norm(atom_dim, batchnorm)
-        self.act = activation(act)
-
-    def forward(
-        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_inverse: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None, atom_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if atom_weight is not None:
-            raise ValueError("PyG convolutions need every atom: build their batches without merging atoms")
-        bonds = per_edge(edge_attr, edge_inverse)
-        if edge_weight is not None:
-            repeats = edge_weight.long()
-            edge_index, bonds = edge_index.repeat_interleave(repeats, dim=1), bonds.repeat_interleave(repeats, dim=0)
-        return self.act(x + self.bn(self.conv(x, edge_index, bonds)))
-
-
-def _pyg_layer(kind: str, a: int, b: int) -> nn.Module:
-    import torch_geometric.nn as pyg
-
-    if kind == "cgconv":  # PyG's own CGCNN layer (no batch norm on the sum, no outer activation)
-        return pyg.CGConv(a, dim=b, aggr="add", batch_norm=False)
-    if kind == "gatv2":
-        return pyg.GATv2Conv(a, a // 4, heads=4, edge_dim=b, add_self_loops=False)
-    if kind == "transformer":
-        return pyg.TransformerConv(a, a // 4, heads=4, edge_dim=b)
-    if kind == "gine":
-        return pyg.GINEConv(nn.Sequential(nn.Linear(a, a), nn.Softplus(), nn.Linear(a, a)), edge_dim=b)
-    if kind == "pna":
-        # PNA's degree scalers need the in-degree histogram; crystal graphs keep at most M (12) neighbours,
-        # nearly always exactly M, so the histogram is concentrated there.
-        deg = torch.zeros(13, dtype=torch.long)
-        deg[12] = 1
-        return pyg.PNAConv(a, a, aggregators=["mean", "min", "max", "std"],
-                           scalers=["identity", "amplification", "attenuation"], deg=deg, edge_dim=b, towers=1)
-    if kind == "gen":
-        return pyg.GENConv(a, a, aggr="softmax", learn_t=True, edge_dim=b)
-    raise ValueError(f"unknown PyG convolution {kind!r}")
-
-
-# name -> factory(atom_dim, edge_dim, act=..., batchnorm=...)
-CONVOLUTIONS: dict[str, Callable[..., nn.Module]] = {
-    "gated": GatedConv,
-    "shared": SharedConv,
-    "egated": EdgeGatedConv,
-    **{f"pyg-{k}": partial(PyGConv, k) for k in ("cgconv", "gatv2", "transformer", "gine", "pna", "gen")},
-}
-CONV_CHOICES = [*CONVOLUTIONS, "none"]  # "none": no convolution, atoms are pooled straight after embedding

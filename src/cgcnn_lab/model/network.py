@@ -6,73 +6,37 @@ published checkpoints map onto it parameter for parameter.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import numpy as np
 import torch
 from torch import nn
-from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.model.convs import activation, per_edge
 from cgcnn_lab.model.expansion import GaussianExpansion
-from cgcnn_lab.model.convs import CONV_CHOICES, CONVOLUTIONS, activation, per_edge
 
-POOLING = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
+
+def _scatter_sum(x: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
+    return x.new_zeros((n, x.shape[1])).scatter_add_(0, batch.unsqueeze(1).expand_as(x), x)
 
 
 def pool(kind: str, x: torch.Tensor, batch: torch.Tensor, n_crystals: int | None, weight: torch.Tensor | None):
-    """Pool atom rows into crystals; a row that stands for ``weight`` identical atoms counts that often."""
-    if weight is None or kind == "max":
-        return POOLING[kind](x, batch, n_crystals)
+    """Pool atom rows into crystals; a row that stands for ``weight`` identical atoms counts that often.
+
+    The same scatter operations as PyTorch Geometric's ``global_*_pool`` (bit for bit), written here so that
+    building or running a model never imports torch_geometric (~4 s: most of ``cgcnn-lab predict``'s time)."""
+    n = int(batch.max()) + 1 if n_crystals is None else n_crystals
+    if kind == "max":
+        index = batch.unsqueeze(1).expand_as(x)
+        return x.new_zeros((n, x.shape[1])).scatter_reduce_(0, index, x, reduce="amax", include_self=False)
+    if weight is None:
+        total = _scatter_sum(x, batch, n)
+        if kind == "sum":
+            return total
+        count = x.new_zeros(n).scatter_add_(0, batch, x.new_ones(x.shape[0])).clamp(min=1)
+        return total / count.unsqueeze(1)
     weight = weight.to(x.dtype).unsqueeze(1)
-    total = global_add_pool(x * weight, batch, n_crystals)
-    return total if kind == "sum" else total / global_add_pool(weight, batch, n_crystals)
-
-
-@dataclass
-class ModelConfig:
-    """Architecture. Defaults are the original CGCNN's (3 gated convs, 64 atom features, 128 hidden, mean pool)."""
-
-    conv: str = "gated"
-    n_conv: int = 3
-    atom_fea_len: int = 64
-    h_fea_len: int = 128
-    n_h: int = 1
-    activation: str = "softplus"
-    batchnorm: bool = True
-    dropout: float = 0.0
-    pool: str = "mean"
-    atom_encoding: str = "fixed"  # "fixed": element feature table (cgcnn92 / atom_init.json); "learned": embedding
-    readout: str = "crystal"  # "crystal": pool, then the MLP (original); "atom": MLP per atom, then pool
-    task: str = "regression"  # or "classification"
-    n_outputs: int = 1  # targets (regression) or classes (classification)
-    radius: float = 8.0  # Gaussian grid of the bond expansion, 0..radius
-    gaussian_step: float = 0.2
-    gaussian_width: float | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "conv": (self.conv, CONV_CHOICES),
-            "pool": (self.pool, list(POOLING)),
-            "task": (self.task, ["regression", "classification"]),
-            "atom_encoding": (self.atom_encoding, ["fixed", "learned"]),
-            "readout": (self.readout, ["crystal", "atom"]),
-        }
-        for name, (value, choices) in checks.items():
-            if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
-        activation(self.activation)  # validates the name
-        if self.task == "classification" and self.n_outputs < 2:
-            self.n_outputs = 2  # at least two classes; training sets the real count from the labels
-        if self.n_h < 1 or self.n_conv < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("need n_h >= 1, n_conv >= 0 and 0 <= dropout < 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    total = _scatter_sum(x * weight, batch, n)
+    return total if kind == "sum" else total / _scatter_sum(weight, batch, n).clamp(min=1)
 
 
 class CGCNN(nn.Module):
@@ -96,13 +60,15 @@ class CGCNN(nn.Module):
             self.embedding = nn.Embedding(119, c.atom_fea_len)
         self.expansion = GaussianExpansion(c.radius, c.gaussian_step, c.gaussian_width)
         edge_dim = self.expansion.out_features
-        conv_cls = CONVOLUTIONS.get(c.conv)
         n_conv = 0 if c.conv == "none" else c.n_conv
+        conv_cls = c.convolution.layer_class() if n_conv else None
+        extra = dict(c.convolution.kwargs, **({"degree_histogram": c.degree_histogram} if c.convolution.needs_degree else {}))
         # layers that update bonds start from a learnt embedding of the distance expansion, at the atoms' width
         self.updates_edges = bool(n_conv) and getattr(conv_cls, "updates_edges", False)
         last = {"update_edges": False} if self.updates_edges else {}  # no layer reads the last bond update
         self.convs = nn.ModuleList(
-            conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm, **(last if k == n_conv - 1 else {}))
+            conv_cls(c.atom_fea_len, edge_dim, act=c.activation, batchnorm=c.batchnorm, **extra,
+                     **(last if k == n_conv - 1 else {}))
             for k in range(n_conv)
         )
         if self.updates_edges:
@@ -166,11 +132,11 @@ class CGCNN(nn.Module):
     @property
     def merges_graphs(self) -> bool:
         """Whether identical atoms and repeated edges may be merged into weighted rows for this model
-        (data/batching.py): the gated, edge-gated and shared layers weight sums, batch norms and pooling by
-        multiplicity; PyG layers would expand them again, so they get plain graphs. Dropout on every atom
-        (``readout="atom"``) would draw one mask per merged row instead of one per atom: not merged either."""
+        (data/batching.py): when its convolution says it weights sums, batch norms and pooling by multiplicity
+        (``Convolution.merges_graphs``). Dropout on every atom (``readout="atom"``) would draw one mask per merged
+        row instead of one per atom: not merged either."""
         atom_dropout = self.config.readout == "atom" and self.config.dropout > 0
-        return self.config.conv in ("gated", "shared", "egated", "none") and not atom_dropout
+        return self.config.convolution.merges_graphs and not atom_dropout
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cgcnn_lab.data.sources import DataError
+from cgcnn_lab.data.dataset import CrystalDataset
+from cgcnn_lab.data.sources import DataError, RawDataset
+from cgcnn_lab.training.options import TrainOptions
 
 
 @dataclass
@@ -89,3 +91,29 @@ def fold_split(folds: np.ndarray, test_fold: int, val_ratio: float = 0.1, seed: 
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
     n_val = round(val_ratio * len(rest))
     return Split(rest[n_val:], rest[:n_val], test)
+
+
+def _fold_number(where: str, value: object, column: str) -> int:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError):
+        pass
+    raise DataError(f"{where}: fold column '{column}' holds {value!r}, not an integer fold number")
+
+
+def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> Split:
+    """The split the options ask for: a fold column, id lists, or seeded ratios."""
+    if opts.fold_col:
+        if opts.test_fold is None:
+            raise DataError("--fold-col needs --test-fold K")
+        by_id = {e.id: (e.where, e.extra[opts.fold_col]) for e in raw.entries}
+        folds = np.array([_fold_number(*by_id[str(i)], opts.fold_col) for i in dataset.ids])
+        return fold_split(folds, opts.test_fold, opts.val_ratio, opts.split_seed_value)
+    if opts.train_ids or opts.val_ids or opts.test_ids:
+        if not (opts.train_ids and opts.val_ids):
+            raise DataError("explicit splits need at least --train-ids and --val-ids")
+        lists = [read_id_list(p) if p else [] for p in (opts.train_ids, opts.val_ids, opts.test_ids)]
+        return id_split(list(dataset.ids), *lists)
+    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value)

@@ -1,10 +1,8 @@
-"""Evaluation metrics on numpy arrays (used for the test split and for predictions with known targets)."""
+"""Evaluation metrics on numpy arrays: the test split of a run and predictions with known targets."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score
 
 
 def regression_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
@@ -21,6 +19,9 @@ def regression_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy, ROC-AUC (one-vs-rest macro for more than two classes) and macro F1."""
+    import torch  # torchmetrics takes ~3 s to import: only where a classifier is scored
+    from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score
+
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     probs_t = torch.as_tensor(probabilities, dtype=torch.float32)
     n_classes = probs_t.shape[1]

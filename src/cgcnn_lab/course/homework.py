@@ -630,8 +630,8 @@ def check_conv(
 
 
 def inline_plots() -> None:
-    """Show matplotlib figures in the notebook (``cgcnn_lab.train.plots`` switches to the file-only Agg backend)."""
-    import cgcnn_lab.train.plots  # noqa: F401  (imported first, so its matplotlib.use("Agg") happens now)
+    """Show matplotlib figures in the notebook (``cgcnn_lab.training.plots`` switches to the file-only Agg backend)."""
+    import cgcnn_lab.training.plots  # noqa: F401  (imported first, so its matplotlib.use("Agg") happens now)
 
     try:
         ipython = get_ipython()  # type: ignore[name-defined]

@@ -163,6 +163,14 @@ class TargetTransform:
         q = self.decode_intensive(out, batch)
         return q * self.sizes(batch).to(q.dtype) if self.per_atom else q
 
+    def decode_sites(self, site_out: torch.Tensor, z: torch.Tensor, sizes: torch.Tensor, summed: bool) -> torch.Tensor:
+        """Per-site outputs [N, T] of an atom-readout network -> per-site contributions in the learned unit (per atom
+        with ``per_atom``): their mean (their sum when ``summed``: sum pooling) is ``decode_intensive`` of the pooled
+        output, the composition baseline included site by site. ``sizes``: [N, 1] atoms of each site's crystal."""
+        mean, std = self._stats(site_out)
+        offset = mean + (site_out.new_tensor(self.element_ref)[z] if self.element_ref is not None else 0.0)
+        return site_out * std + (offset / sizes if summed else offset)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -1,8 +1,8 @@
 """The Lightning module: loss, metrics and optimiser around a :class:`CGCNN`.
 
-Everything needed to rebuild the model and read its outputs lives in ``spec`` (plain Python types only), which
-Lightning stores in every checkpoint as ``hyper_parameters``: a checkpoint file alone is enough to predict, and it
-loads with ``torch.load(weights_only=True)``.
+Everything needed to rebuild the model and read its outputs lives in the saved-model spec (``spec.py``), passed in
+as its plain dict, which Lightning stores in every checkpoint as ``hyper_parameters``: a checkpoint file alone is
+enough to predict, and it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -11,17 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cgcnn_lab.data.elements import ElementEncoding
-from cgcnn_lab.model.network import CGCNN, ModelConfig
-from cgcnn_lab.train.targets import TargetTransform
-
-SPEC_VERSION = 1
-
-
-def build_model(spec: dict) -> CGCNN:
-    encoding = spec.get("encoding")
-    table = None if encoding is None else ElementEncoding.from_dict(encoding).table
-    return CGCNN(ModelConfig.from_dict(spec["model"]), table)
+from cgcnn_lab.spec import ModelSpec
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -43,11 +33,11 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mome
 class CGCNNModule(L.LightningModule):
     def __init__(self, spec: dict, optim: dict) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.spec, self.optim = spec, optim
-        self.model = build_model(spec)
-        self.task = spec["model"]["task"]
-        self.transform = TargetTransform.from_dict(spec["transform"]) if self.task == "regression" else None
+        self.save_hyperparameters()  # the spec as plain data: checkpoints load without unpickling code
+        self.spec, self.optim = ModelSpec.from_dict(spec), optim
+        self.model = self.spec.build_model()
+        self.task = self.spec.task
+        self.transform = self.spec.transform
         self._sums: dict[str, dict] = {}
 
     def forward(self, batch) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""Reading checkpoint files safely: tensors and plain data only, never code.
+
+Every checkpoint cgcnn-lab opens (its own, the original CGCNN code's, ``last.ckpt`` before a resume) goes through
+:func:`safe_load`, i.e. ``torch.load(weights_only=True)`` with numpy scalars allowed as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, not ours, or carrying unsafe pickled objects)."""
+
+
+def _numpy_scalar_globals() -> list:
+    """numpy scalars (e.g. the original's ``best_mae_error``) rebuild from a dtype and raw bytes: plain data.
+
+    Listed under both module paths numpy has pickled them with; the object dtype is not allowed.
+    """
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = ["Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"]
+    dtypes = [getattr(np.dtypes, k) for k in kinds if hasattr(getattr(np, "dtypes", None), k)]
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def safe_load(path: str | Path) -> dict:
+    """``torch.load`` restricted to tensors and plain data: a file that would run code on unpickling is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with allow(_numpy_scalar_globals()) if allow else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        first = text.strip().splitlines()[0][:300]
+        hint = ""
+        if "argparse.Namespace" in text:  # newer forks of the original code pickle args as a Namespace
+            hint = (
+                " It stores 'args' as an argparse.Namespace, which cgcnn-lab does not unpickle. If you trust the "
+                "file, convert it once in Python: ckpt = torch.load(f, weights_only=False); "
+                "ckpt['args'] = vars(ckpt['args']); torch.save(ckpt, f)."
+            )
+        else:
+            found = re.search(r"GLOBAL (\S+)", text)
+            first = f"it needs {found.group(1)}" if found else first
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains pickled objects other than tensors and plain data "
+            f"({first}). Loading it could run arbitrary code; only use checkpoints from sources you trust.{hint}"
+        ) from None
+    except Exception as err:  # noqa: BLE001  any other failure: not a readable checkpoint
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """A run folder (its best checkpoint) or a checkpoint file."""
+    path = Path(model)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.ckpt"
+        if not best.is_file():
+            raise CheckpointError(f"{path}: run folder without checkpoints/best.ckpt (did training finish an epoch?)")
+        return best
+    return path

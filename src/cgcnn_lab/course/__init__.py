@@ -1,0 +1,1 @@
+"""Course material: the homework notebooks' checkers and data helpers (hints for students)."""

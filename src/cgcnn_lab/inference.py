@@ -1,0 +1,236 @@
+"""Inference: load a trained model safely and predict with it, one model or an ensemble, as a table with its
+scores.
+
+Inference needs the data and model floors and the saved-model spec, never the training stack: importing this
+module imports neither Lightning nor PyTorch Geometric (``tests/test_layout.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cgcnn_lab.checkpoint import CheckpointError, resolve_checkpoint, safe_load
+from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
+from cgcnn_lab.data.elements import ElementEncoding
+from cgcnn_lab.data.graph import GraphConfig
+from cgcnn_lab.data.sources import RawDataset
+from cgcnn_lab.metrics import classification_metrics, regression_metrics
+from cgcnn_lab.model.network import CGCNN
+from cgcnn_lab.spec import ModelSpec
+from cgcnn_lab.targets import TargetTransform
+
+__all__ = ["CheckpointError", "Predictions", "TrainedModel", "load_trained", "predict_data", "predict_outputs",
+           "predict_structures", "resolve_checkpoint", "safe_load"]
+
+
+@dataclass
+class TrainedModel:
+    """A model with everything needed to featurise new data and read its outputs."""
+
+    model: CGCNN
+    spec: ModelSpec
+    path: Path
+
+    @property
+    def graph_config(self) -> GraphConfig:
+        return self.spec.graph
+
+    @property
+    def encoding(self) -> ElementEncoding | None:
+        return self.spec.encoding
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def transform(self) -> TargetTransform | None:
+        return self.spec.transform
+
+
+def load_trained(model: str | Path, atom_init: str | Path | None = None) -> TrainedModel:
+    """A cgcnn-lab run/checkpoint, or a checkpoint of the original CGCNN code (``*.pth.tar``).
+
+    Original checkpoints carry no element encoding: ``atom_init`` (the ``atom_init.json`` the model was trained
+    with) is then required. It is ignored for cgcnn-lab checkpoints, which store their encoding.
+    """
+    from cgcnn_lab import original
+
+    path = resolve_checkpoint(model)
+    ckpt = safe_load(path)
+    if original.is_original(ckpt):
+        if atom_init is None:
+            raise CheckpointError(
+                f"{path}: an original CGCNN checkpoint stores no element encoding; pass --atom-init FILE or "
+                "put the atom_init.json it was trained with in the data folder"
+            )
+        try:
+            net, spec = original.convert(ckpt, ElementEncoding.from_atom_init(atom_init))
+        except original.OriginalFormatError as err:
+            raise CheckpointError(f"{path}: original CGCNN checkpoint: {err}") from None
+        return TrainedModel(net, spec, path)
+    stored = (ckpt.get("hyper_parameters") or {}).get("spec") if isinstance(ckpt, dict) else None
+    spec = ModelSpec.from_dict(stored, str(path))
+    net = spec.build_model()
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    net.load_state_dict(state)
+    net.eval()
+    return TrainedModel(net, spec, path)
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: CGCNN, dataset: CrystalDataset, transform: TargetTransform | None, batch_size: int = 256, subset=None
+) -> np.ndarray:
+    """Predictions in the data's unit (regression: [S, T]; classification: class probabilities [S, K]) for the
+    crystals ``subset`` (positions; default all), in that order."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    device = next(model.parameters()).device
+    for batch in dataset.loader(subset, batch_size, collapse=model.merges_graphs, device=str(device)):
+        out = model(batch)
+        outputs.append(out.exp() if transform is None else transform.decode(out, batch))
+    model.train(was_training)
+    return torch.cat(outputs).double().cpu().numpy() if outputs else np.zeros((0, 1))
+
+
+@dataclass
+class Predictions:
+    """What a model (or the mean of an ensemble) says about a set of crystals, with ids, unit and, where the data
+    has them, the targets. ``np.asarray(predictions)`` is ``values``."""
+
+    ids: np.ndarray
+    values: np.ndarray  # [S, T] in the data's unit (regression), or class probabilities [S, K]
+    spec: ModelSpec
+    n_atoms: np.ndarray
+    spread: np.ndarray | None = None  # standard deviation over ensemble members (None: one model)
+    targets: np.ndarray | None = None  # [S, T] as read (classification: labels or thresholded values)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    @property
+    def unit(self) -> str:
+        return self.spec.unit
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Classification targets as class labels (thresholded with the model's threshold)."""
+        if self.targets is None or self.spec.task != "classification":
+            return None
+        y, threshold = self.targets[:, 0], self.spec.threshold
+        return (y > threshold).astype(int) if threshold is not None else y.astype(int)
+
+    def frame(self):
+        """The table ``predict`` writes and ``train`` keeps as test_results.csv: id, target(s), prediction(s),
+        ``prediction_std`` for an ensemble, ``prediction_per_atom`` for a per-atom model, ``p0..`` for classes."""
+        import pandas as pd
+
+        frame, pred = pd.DataFrame({"id": self.ids}), self.values
+        if self.spec.task == "classification":
+            if self.labels is not None:
+                frame["target"] = self.labels
+            frame["prediction"] = pred[:, 1] if pred.shape[1] == 2 else pred.argmax(1)
+            for k in range(pred.shape[1]):
+                frame[f"p{k}"] = pred[:, k]
+            return frame
+        single = pred.shape[1] == 1
+        for k, name in enumerate(self.spec.target_names):
+            suffix = "" if single else f":{name}"
+            if self.targets is not None:
+                frame[f"target{suffix}"] = self.targets[:, k]
+            frame[f"prediction{suffix}"] = pred[:, k]
+            if self.spread is not None:
+                frame[f"prediction_std{suffix}"] = self.spread[:, k]
+        if self.spec.per_atom:
+            frame["prediction_per_atom"] = pred[:, 0] / self.n_atoms
+        return frame
+
+    def scores(self) -> dict[str, float] | None:
+        """Metrics against the targets (None without targets, or when they are not the model's class labels)."""
+        if self.targets is None:
+            return None
+        if self.spec.task == "classification":
+            labels = self.labels
+            if not set(np.unique(labels)) <= set(range(self.values.shape[1])):
+                return None
+            return classification_metrics(labels, self.values)
+        scores = regression_metrics(self.targets, self.values)
+        if self.spec.per_atom:
+            na = self.n_atoms[:, None].astype(np.float64)
+            scores |= {f"{k}_per_atom": v for k, v in regression_metrics(self.targets / na, self.values / na).items()}
+        return scores
+
+    def score_lines(self, prefix: str = "") -> list[str]:
+        """The scores as a user reads them, each with its unit."""
+        s = self.scores()
+        if s is None:
+            return [] if self.targets is None else [f"no metrics: the targets are not class labels 0..{self.values.shape[1] - 1}"]
+        if self.spec.task == "classification":
+            return [f"{prefix}accuracy {s['accuracy']:.4f}   ROC-AUC {s['auc']:.4f}   F1 {s['f1']:.4f}"]
+        u = self.unit
+        lines = [f"{prefix}MAE {s['mae']:.4g} {u}   RMSE {s['rmse']:.4g} {u}   R² {s['r2']:.4f}"]
+        if "mae_per_atom" in s:
+            lines.append(f"{prefix}MAE per atom {s['mae_per_atom']:.4g} {u}/atom")
+        return lines
+
+
+def _check_member(model, trained: TrainedModel, first: TrainedModel, ids: list, first_ids: list) -> None:
+    """Models averaged together must predict the same thing for the same crystals."""
+    a, b = trained.spec, first.spec
+    for what, mine, theirs in [("task", a.task, b.task), ("target_names", a.target_names, b.target_names),
+                               ("unit", a.unit, b.unit), ("number of outputs", a.n_outputs, b.n_outputs),
+                               ("per-atom training", a.per_atom, b.per_atom)]:
+        if mine != theirs:
+            raise CheckpointError(f"--ensemble {model}: {what} {mine!r} differs from the first model's {theirs!r}")
+    if ids != first_ids:
+        raise CheckpointError(f"--ensemble {model}: its graph settings skip other structures than the first model's")
+
+
+def predict_data(models: Sequence[str | Path], raw: RawDataset, atom_init: str | Path | None = None,
+                 cache_dir=None, use_cache: bool = True, strict: bool = False, jobs: int = 0,
+                 stream: bool | None = None, log=print) -> Predictions:
+    """Predict ``raw`` with one model or the mean of several (an ensemble: ``spread`` is their std). Each model
+    featurises with its own graph settings (the cache is shared)."""
+    values, first, first_ids = [], None, []
+    for model in models:
+        # an original CGCNN checkpoint takes its element encoding from atom_init or the data folder, as the original
+        trained = load_trained(model, atom_init=atom_init or raw.atom_init)
+        encoding = ElementEncoding.from_atom_init(atom_init) if atom_init else trained.encoding
+        if atom_init and trained.encoding is not None and encoding.n_features != trained.encoding.n_features:
+            raise CheckpointError(f"{atom_init} has {encoding.n_features} features; the model expects "
+                                  f"{trained.encoding.n_features}")
+        dataset = build_dataset(raw, trained.graph_config, encoding, cache_dir, use_cache, strict, jobs)
+        dataset.stream = stream
+        if first is None:
+            first, first_ids = trained, list(dataset.ids)
+            log(dataset.summary())
+        else:
+            _check_member(model, trained, first, list(dataset.ids), first_ids)
+        values.append(predict_outputs(trained.model, dataset, trained.transform))
+    if len(values) > 1:
+        log(f"ensemble of {len(values)} models: the mean of their predictions (prediction_std: their spread)")
+    return Predictions(dataset.ids, np.mean(values, axis=0), first.spec, dataset.n_atoms,
+                       np.std(values, axis=0) if len(values) > 1 else None, dataset.targets)
+
+
+def predict_structures(model: str | Path, structures, ids=None, atom_init: str | Path | None = None) -> Predictions:
+    """Predict for pymatgen Structures from Python: ``Predictions`` (``np.asarray`` gives [S, T] in the data's
+    unit, or [S, K] probabilities; ``.frame()`` the table with ids).
+
+    Structures that cannot be featurised raise DataError (strict), so rows always match the input.
+    ``atom_init`` is needed (only) for a checkpoint of the original CGCNN code.
+    """
+    from cgcnn_lab.data.sources import from_structures
+
+    raw = from_structures(structures, ids=ids, strict=True)
+    return predict_data([model], raw, atom_init=atom_init, use_cache=False, strict=True, log=lambda *_: None)

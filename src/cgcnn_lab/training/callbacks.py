@@ -1,0 +1,62 @@
+"""Lightning callbacks of a run: metrics.csv after every epoch, the weight average, and quiet banners."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cgcnn_lab.data.sources import DataError
+
+
+class EpochMetricsCSV:
+    """Lightning callback that writes metrics.csv after every epoch (atomically: survives a killed run)."""
+
+    def __new__(cls, path: Path):
+        import lightning as L
+
+        class _Writer(L.Callback):
+            def __init__(self) -> None:
+                self.path = path
+                self.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
+                if trainer.sanity_checking or trainer.global_rank != 0:
+                    return
+                m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+                row = {"epoch": trainer.current_epoch + 1}
+                for k in ("train_loss", "val_loss", "train_mae", "val_mae", "train_accuracy", "val_accuracy"):
+                    if k in m:
+                        row[k] = m[k]
+                row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+                row["seconds"] = round(time.perf_counter() - self.start, 3)
+                frame = pd.DataFrame([row])
+                if self.path.exists():  # a resumed run may repeat the epoch its checkpoint was taken in
+                    earlier = pd.read_csv(self.path)
+                    frame = pd.concat([earlier[earlier["epoch"] < row["epoch"]], frame])
+                tmp = self.path.with_suffix(".tmp")
+                frame.to_csv(tmp, index=False)
+                os.replace(tmp, self.path)
+
+        return _Writer()
+
+
+def ema_callback(decay: float):
+    """Lightning's exponential moving average of the weights: validation, checkpoints' ``state_dict`` and therefore
+    predictions use the averaged weights; the raw ones travel in the checkpoint for ``--resume``."""
+    if not 0.0 < decay < 1.0:
+        raise DataError(f"--ema {decay}: the decay must be between 0 and 1, e.g. 0.999")
+    try:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+    except ImportError:
+        raise DataError("--ema needs lightning >= 2.6 (EMAWeightAveraging)") from None
+    return EMAWeightAveraging(decay=decay)
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners ('GPU available', tips) are noise here; real warnings still show."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)

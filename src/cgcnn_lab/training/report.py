@@ -1,0 +1,76 @@
+"""The end of a run: test the best checkpoint and write test_results.csv, metrics.json, plots and the summary.
+The table and the scores are ``predict``'s own (``Predictions``), so a run and a later ``predict`` agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cgcnn_lab.data.dataset import CrystalDataset
+from cgcnn_lab.inference import Predictions, load_trained, predict_outputs
+from cgcnn_lab.training import plots
+from cgcnn_lab.training.splits import Split
+
+
+def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, info: dict) -> tuple[dict, Predictions]:
+    """Predict the test split (the validation split when there is none) with checkpoints/best.ckpt, in the
+    target's own unit; write test_results.csv and metrics.json. ``info``: run facts kept in metrics.json."""
+    best = load_trained(out / "checkpoints" / "best.ckpt")
+    eval_idx, eval_name = (split.test, "test") if len(split.test) else (split.val, "val")
+    targets = None if dataset.targets is None else dataset.targets[eval_idx]
+    pred = Predictions(dataset.ids[eval_idx], predict_outputs(best.model, dataset, best.transform, subset=eval_idx),
+                       best.spec, dataset.n_atoms[eval_idx], targets=targets)
+    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": best.spec.unit, **info,
+               "best_epoch": _best(out / "metrics.csv", monitor, "epoch"),
+               f"best_{monitor}": _best(out / "metrics.csv", monitor, monitor)}
+    metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
+    if best.spec.per_atom:
+        metrics["unit_per_atom"] = f"{best.spec.unit}/atom"
+    pred.frame().to_csv(out / "test_results.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics, pred
+
+
+def _best(path: Path, monitor: str, column: str):
+    """The ``column`` of the epoch with the lowest ``monitor`` in metrics.csv (None before any)."""
+    m = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if monitor not in m or not m[monitor].notna().any():
+        return None
+    value = m.loc[m[monitor].idxmin(), column]
+    return int(value) if column == "epoch" else float(value)
+
+
+def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> None:
+    """Learning curves and the test split's parity plot (ROC curve for two classes)."""
+    metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
+    spec, regression = pred.spec, pred.spec.task == "regression"
+    unit = spec.unit
+    learned_unit = f"{unit}/atom" if spec.per_atom else unit
+    if len(metrics):
+        plots.learning_curve(metrics, "loss", "loss (normalised targets)" if regression else "NLL loss",
+                             out / "loss.png", log=True)
+        if regression:
+            plots.learning_curve(metrics, "mae", f"MAE ({learned_unit})", out / "mae.png")
+        else:
+            plots.learning_curve(metrics, "accuracy", "accuracy", out / "accuracy.png")
+    y, values = pred.targets, pred.values
+    if not regression:
+        if values.shape[1] == 2:
+            plots.roc_curve(pred.labels, values[:, 1], out / "roc.png", f"{eval_name} split ROC")
+    elif spec.per_atom:
+        na = pred.n_atoms[:, None].astype(float)
+        plots.parity(y / na, values / na, learned_unit, f"{eval_name} split (per atom)", out / "parity.png")
+    else:
+        plots.parity(y, values, unit, f"{eval_name} split", out / "parity.png")
+
+
+def summary(out: Path, metrics: dict, pred: Predictions) -> str:
+    """The one-screen summary printed at the end of a run."""
+    lines = ["", f"run folder: {out}"]
+    scores = pred.score_lines(prefix=f"{metrics['split']} ")
+    lines += [scores[0] + f"   ({metrics['n_test']} crystals)", *scores[1:]] if scores else []
+    lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
+    lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
+    return "\n".join(lines)
