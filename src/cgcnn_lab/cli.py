@@ -132,7 +132,7 @@ def cmd_predict(args) -> int:
         print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pred.frame().to_csv(out, index=False)
+    pred.to_csv(out)
     print(f"wrote {len(pred)} predictions ({pred.unit}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -35,7 +35,7 @@ class DataOptions:
                                  help="read batches from the memory-mapped graph cache instead of loading it (auto: "
                                       "when the graphs would take over a quarter of the free memory)")
     radius: float = option(_GRAPH.radius, weights=True, group="graph", help="neighbour cutoff in Å (default 8)")
-    max_neighbors: int = option(_GRAPH.max_neighbors, group="graph", flag="--max-nbr",
+    max_neighbors: int = option(_GRAPH.max_neighbors, group="graph", flag="--max-nbr", metavar="M",
                                 help="keep the M nearest neighbours per atom (default 12)")
     shell_tol: float | None = option(_GRAPH.shell_tol, group="graph", metavar="Å",
                                      help="also keep every neighbour within this distance of the M-th nearest, so "

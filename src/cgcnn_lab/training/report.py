@@ -28,7 +28,7 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
     if best.spec.per_atom:
         metrics["unit_per_atom"] = f"{best.spec.unit}/atom"
-    pred.frame().to_csv(out / "test_results.csv", index=False)
+    pred.to_csv(out / "test_results.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, pred
 
