@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
 import cgcnn_lab
 from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
+from cgcnn_lab.data.sources import DataError
 
 
 def perovskites(n: int, seed: int = 0):
@@ -47,6 +49,26 @@ def test_train_on_a_table_with_a_preset_where_keywords_win(tmp_path):
     assert model.spec.model.n_conv == 1 and model.spec.graph.max_neighbors == 8  # keyword; the preset's M
     pred = cgcnn_lab.predict(result.out, table, targets=[DEMO_TARGET], cache_dir=str(tmp_path / "cache"))
     assert pred.scores()["mae"] >= 0 and len(pred) == 60
+
+
+def test_several_targets_keep_their_columns_and_missing_targets_are_refused(tmp_path):
+    structures, energies = perovskites(30)
+    y = np.c_[energies, np.asarray(energies) / 2]
+    result = cgcnn_lab.train(structures, y, out=str(tmp_path / "two"), log=lambda *_: None, **SMALL)
+    columns = pd.read_csv(result.out / "test_results.csv").columns
+    assert {"target:target0", "prediction:target1"} <= set(columns)
+    with pytest.raises(DataError, match="no targets"):
+        cgcnn_lab.train(structures, out=str(tmp_path / "none"), log=lambda *_: None, **SMALL)
+
+
+def test_a_preset_with_init_from_keeps_the_checkpoints_network(tmp_path):
+    """The preset's architecture is not something the user asked for: fine-tuning takes the checkpoint's."""
+    table = write_demo_dataset(tmp_path / "demo.csv.gz", n=60, seed=1)
+    quiet = {"targets": [DEMO_TARGET], "cache_dir": str(tmp_path / "cache"), "log": lambda *_: None}
+    base = cgcnn_lab.train(table, out=str(tmp_path / "base"), **quiet, **SMALL)
+    tuned = cgcnn_lab.train(table, preset="matbench", init_from=str(base.out), epochs=1, progress=False,
+                            out=str(tmp_path / "tuned"), **quiet)
+    assert cgcnn_lab.load(tuned.out).spec.model.n_conv == SMALL["n_conv"]
 
 
 def test_an_unknown_keyword_is_named():

@@ -66,16 +66,18 @@ def train(data, y=None, *, preset: str | None = None, log=print, **options):
     from cgcnn_lab.training.presets import preset as named
     from cgcnn_lab.training.run import train as run
 
-    objects = []
-    for cls in (DataOptions, ModelConfig, TrainOptions):
-        names = {f.name for f in fields(cls)}
-        objects.append(cls(**{k: v for k, v in options.items() if k in names}))
-    if unknown := set(options) - {f.name for cls in (DataOptions, ModelConfig, TrainOptions) for f in fields(cls)}:
+    names = {cls: {f.name for f in fields(cls)} for cls in (DataOptions, ModelConfig, TrainOptions)}
+    if unknown := set(options) - set().union(*names.values()):
         raise ValueError(f"unknown options {sorted(unknown)}; see `cgcnn-lab train --help` (as snake_case names)")
+    path = isinstance(data, (str, Path))
+    if path and "out" not in options:  # as the command line: runs/<data name>
+        options["out"] = f"runs/{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}"
+    # what is given here counts as asked for: it wins over the preset and is checked against an --init-from model
+    given = {"asked": tuple(options)}
+    objects = [cls(**{k: v for k, v in options.items() if k in names[cls]}, **(given if cls is TrainOptions else {}))
+               for cls in (DataOptions, ModelConfig, TrainOptions)]
     data_opts, model, opts = named(preset).apply(*objects, keep=options) if preset else objects
-    raw = None
-    if isinstance(data, (str, Path)):
+    if path:
         data_opts.source = str(data)
-    else:
-        raw = _raw(data, y, targets=data_opts.targets or ["target"])
+    raw = None if path else _raw(data, y, targets=data_opts.targets or None)
     return run(data_opts, model, opts, raw=raw, log=log)

@@ -60,6 +60,8 @@ def train(
     resumed = check_run_folder(out, opts.resume)  # every check happens before the first epoch
     raw_given = raw is not None
     raw = raw if raw_given else read_data(data, opts)
+    if not raw.has_targets:
+        raise DataError(f"{data.source or raw.name}: no targets to train on")
     pretrained = load_trained(opts.init_from, atom_init=data.atom_init or raw.atom_init) if opts.init_from else None
     graph, model_cfg, encoding = choose_network(data, model_cfg, raw, pretrained, opts.asked, log)
     dataset = featurise(raw, data, graph, encoding, opts.progress, free_text=not raw_given, log=log)
@@ -99,10 +101,7 @@ def check_run_folder(out: Path, resume: bool) -> dict | None:
 
 def read_data(data: DataOptions, opts: TrainOptions) -> RawDataset:
     extra = [opts.fold_col] if opts.fold_col else []
-    raw = load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
-    if not raw.has_targets:
-        raise DataError(f"{data.source or raw.name}: no targets to train on")
-    return raw
+    return load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
 
 
 def choose_network(data: DataOptions, model_cfg: ModelConfig, raw: RawDataset, pretrained: TrainedModel | None,
