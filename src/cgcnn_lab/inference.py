@@ -195,7 +195,7 @@ class Predictions:
         u = self.unit
         lines = [f"{prefix}MAE {s['mae']:.4g} {u}   RMSE {s['rmse']:.4g} {u}   R² {s['r2']:.4f}"]
         if "mae_per_atom" in s:
-            lines.append(f"{prefix}MAE per atom {s['mae_per_atom']:.4g} {u}/atom")
+            lines.append(f"{prefix}MAE per atom {s['mae_per_atom']:.4g} {self.spec.learned_unit}")
         return lines
 
 

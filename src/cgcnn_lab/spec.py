@@ -19,6 +19,7 @@ from cgcnn_lab.targets import TargetTransform
 
 SPEC_VERSION = 2
 FORMAT = "cgcnn-lab"
+UNKNOWN_UNIT = "target units"  # what a model trained without --unit says
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelSpec:
     encoding: ElementEncoding | None  # None: a learned element embedding
     transform: TargetTransform | None  # regression: network output -> data unit; None for classification
     target_names: list[str] = field(default_factory=lambda: ["target"])
-    unit: str = "target units"
+    unit: str = UNKNOWN_UNIT
     threshold: float | None = None  # classification from a continuous column: class 1 above it
     format: str = FORMAT  # "cgcnn-original" for a converted checkpoint of the original code
     version: int = SPEC_VERSION
@@ -42,6 +43,11 @@ class ModelSpec:
     @property
     def per_atom(self) -> bool:
         return self.transform is not None and self.transform.per_atom
+
+    @property
+    def learned_unit(self) -> str:
+        """The unit of what the network learns: per atom for a target learned per atom."""
+        return f"{self.unit}/atom" if self.per_atom else self.unit
 
     @property
     def n_outputs(self) -> int:
@@ -82,6 +88,6 @@ class ModelSpec:
             model=model, graph=GraphConfig(**d["graph"]),
             encoding=None if encoding is None else ElementEncoding.from_dict(encoding),
             transform=None if transform is None or model.task != "regression" else TargetTransform.from_dict(transform),
-            target_names=list(d.get("target_names") or ["target"]), unit=d.get("unit") or "target units",
+            target_names=list(d.get("target_names") or ["target"]), unit=d.get("unit") or UNKNOWN_UNIT,
             threshold=d.get("threshold"), format=d.get("format", FORMAT), version=SPEC_VERSION,
         )

@@ -22,32 +22,31 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
     targets = None if dataset.targets is None else dataset.targets[eval_idx]
     pred = Predictions(dataset.ids[eval_idx], predict_outputs(best.model, dataset, best.transform, subset=eval_idx),
                        best.spec, dataset.n_atoms[eval_idx], targets=targets)
+    best_epoch, best_value = _best(out / "metrics.csv", monitor)
     metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": best.spec.unit, **info,
-               "best_epoch": _best(out / "metrics.csv", monitor, "epoch"),
-               f"best_{monitor}": _best(out / "metrics.csv", monitor, monitor)}
+               "best_epoch": best_epoch, f"best_{monitor}": best_value}
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
     if best.spec.per_atom:
-        metrics["unit_per_atom"] = f"{best.spec.unit}/atom"
+        metrics["unit_per_atom"] = best.spec.learned_unit
     pred.to_csv(out / "test_results.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, pred
 
 
-def _best(path: Path, monitor: str, column: str):
-    """The ``column`` of the epoch with the lowest ``monitor`` in metrics.csv (None before any)."""
+def _best(path: Path, monitor: str) -> tuple[int | None, float | None]:
+    """(epoch, value) of the lowest ``monitor`` in metrics.csv ((None, None) before any epoch)."""
     m = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if monitor not in m or not m[monitor].notna().any():
-        return None
-    value = m.loc[m[monitor].idxmin(), column]
-    return int(value) if column == "epoch" else float(value)
+        return None, None
+    row = m.loc[m[monitor].idxmin()]
+    return int(row["epoch"]), float(row[monitor])
 
 
 def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> None:
     """Learning curves and the test split's parity plot (ROC curve for two classes)."""
     metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
     spec, regression = pred.spec, pred.spec.task == "regression"
-    unit = spec.unit
-    learned_unit = f"{unit}/atom" if spec.per_atom else unit
+    unit, learned_unit = spec.unit, spec.learned_unit
     if len(metrics):
         plots.learning_curve(metrics, "loss", "loss (normalised targets)" if regression else "NLL loss",
                              out / "loss.png", log=True)

@@ -30,7 +30,7 @@ from cgcnn_lab.data.elements import choose_encoding
 from cgcnn_lab.data.sources import DataError, RawDataset, load_dataset
 from cgcnn_lab.inference import TrainedModel, load_trained
 from cgcnn_lab.model.config import ModelConfig
-from cgcnn_lab.spec import ModelSpec
+from cgcnn_lab.spec import UNKNOWN_UNIT, ModelSpec
 from cgcnn_lab.targets import TargetTransform
 from cgcnn_lab.training.callbacks import EpochMetricsCSV, ema_callback, quiet_lightning
 from cgcnn_lab.training.finetune import continue_transform, degree_histogram, fine_tuning_setup, transfer_weights
@@ -158,7 +158,7 @@ def fit_targets(dataset: CrystalDataset, split: Split, data: DataOptions, model_
     model_cfg = replace(model_cfg, n_outputs=n_outputs, radius=graph.radius, gaussian_step=graph.gaussian_step,
                         gaussian_width=graph.gaussian_width, degree_histogram=histogram)
     spec = ModelSpec(model_cfg, graph, encoding, transform, list(dataset.target_names),
-                     data.unit or "target units", data.threshold)
+                     data.unit or UNKNOWN_UNIT, data.threshold)
     return spec, trained_on
 
 
@@ -188,7 +188,7 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
         copied = transfer_weights(pretrained.model, module.model, opts.freeze_convs)
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     m = spec.model
-    learned = "labels" if spec.transform is None else (f"{spec.unit}/atom" if spec.per_atom else spec.unit)
+    learned = "labels" if spec.transform is None else spec.learned_unit
     log(f"model: {m.conv} conv x{m.n_conv if m.conv != 'none' else 0}, {module.model.n_parameters():,} parameters; "
         f"learning {learned}")
     packed = PackedGraphs(dataset.graphs, trained_on, collapse=module.model.merges_graphs, stream=stream)
