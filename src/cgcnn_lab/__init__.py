@@ -59,24 +59,18 @@ def train(data, y=None, *, preset: str | None = None, log=print, **options):
     """Train one model, as ``cgcnn-lab train``: ``data`` is a path, or pymatgen Structures with targets ``y``;
     ``options`` are any option fields (``epochs=50``, ``conv="shared"``, ``per_atom=True``, ``out="runs/x"``),
     and win over the ``preset``'s values. Returns the ``RunResult`` (``.metrics``, ``.out``)."""
-    from dataclasses import fields
-
     from cgcnn_lab.model.config import ModelConfig
-    from cgcnn_lab.training.options import DataOptions, TrainOptions
+    from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
     from cgcnn_lab.training.presets import preset as named
     from cgcnn_lab.training.run import train as run
 
-    names = {cls: {f.name for f in fields(cls)} for cls in (DataOptions, ModelConfig, TrainOptions)}
-    if unknown := set(options) - set().union(*names.values()):
-        raise ValueError(f"unknown options {sorted(unknown)}; see `cgcnn-lab train --help` (as snake_case names)")
     path = isinstance(data, (str, Path))
     if path and "out" not in options:  # as the command line: runs/<data name>
         options["out"] = f"runs/{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}"
     # what is given here counts as asked for: it wins over the preset and is checked against an --init-from model
-    given = {"asked": tuple(options)}
-    objects = [cls(**{k: v for k, v in options.items() if k in names[cls]}, **(given if cls is TrainOptions else {}))
-               for cls in (DataOptions, ModelConfig, TrainOptions)]
-    data_opts, model, opts = named(preset).apply(*objects, keep=options) if preset else objects
+    data_opts, model, opts = set_options((DataOptions(), ModelConfig(), TrainOptions(asked=tuple(options))), options)
+    if preset:
+        data_opts, model, opts = named(preset).apply(data_opts, model, opts, keep=options)
     if path:
         data_opts.source = str(data)
     raw = None if path else _raw(data, y, targets=data_opts.targets or None)

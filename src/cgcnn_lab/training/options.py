@@ -3,9 +3,10 @@ generated from these fields (``optionfield.py``). Plain dataclasses: importing t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from cgcnn_lab.data.graph import GraphConfig
+from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.optionfield import option
 
 _GRAPH = GraphConfig()  # the graph defaults are GraphConfig's
@@ -122,3 +123,12 @@ class TrainOptions:
     @property
     def split_seed_value(self) -> int:
         return self.seed if self.split_seed is None else self.split_seed
+
+
+def set_options(objects: tuple[DataOptions, ModelConfig, TrainOptions], values: dict) -> tuple:
+    """Copies of the three option objects with ``values`` (field name -> value), each set on the object it
+    belongs to: what a preset, the Python API's keywords and the command line all come down to."""
+    names = [{f.name for f in fields(obj)} for obj in objects]
+    if unknown := set(values) - set().union(*names):
+        raise ValueError(f"unknown options {sorted(unknown)}; see `cgcnn-lab train --help` (as snake_case names)")
+    return tuple(replace(obj, **{k: v for k, v in values.items() if k in own}) for obj, own in zip(objects, names))

@@ -8,10 +8,10 @@ the same object on the command line and in Python. BENCHMARKS.md records how eac
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from cgcnn_lab.model.config import ModelConfig
-from cgcnn_lab.training.options import DataOptions, TrainOptions
+from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
 
 
 @dataclass(frozen=True)
@@ -20,20 +20,17 @@ class Preset:
     values: dict[str, object]  # option field name -> value
 
     def __post_init__(self) -> None:
-        known = {f.name for cls in (DataOptions, ModelConfig, TrainOptions) for f in fields(cls)}
-        if unknown := set(self.values) - known:
-            raise ValueError(f"preset {self.name!r}: {sorted(unknown)} are not options")
+        try:  # every key a real option, every value one it accepts
+            set_options((DataOptions(), ModelConfig(), TrainOptions()), self.values)
+        except ValueError as err:
+            raise ValueError(f"preset {self.name!r}: {err}") from None
 
     def apply(self, data: DataOptions, model: ModelConfig, train: TrainOptions, keep: Iterable[str] = ()):
         """Copies of the three option objects with this preset's values, except the fields named in ``keep``
         (those given explicitly); ``train.preset`` records the name."""
         keep = set(keep)
-        out = []
-        for obj in (data, model, train):
-            names = {f.name for f in fields(obj)}
-            out.append(replace(obj, **{k: v for k, v in self.values.items() if k in names and k not in keep}))
-        out[2] = replace(out[2], preset=self.name)
-        return tuple(out)
+        values = {k: v for k, v in self.values.items() if k not in keep}
+        return set_options((data, model, train), {**values, "preset": self.name})
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
