@@ -48,15 +48,6 @@ POOLING = ("mean", "max", "sum")
 LEGACY_DEGREE_HISTOGRAM = [0] * 12 + [1]  # what spec version 1 used for PNA: every atom at 12 neighbours
 
 
-def convolution(name: str) -> Convolution:
-    if name == "none":
-        return NO_CONVOLUTION
-    try:
-        return CONVOLUTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown conv {name!r}; choose from {', '.join(CONV_CHOICES)}") from None
-
-
 @dataclass
 class ModelConfig:
     """Architecture. Defaults are the original CGCNN's (3 gated convs, 64 atom features, 128 hidden, mean pool)."""
@@ -105,7 +96,8 @@ class ModelConfig:
 
     @property
     def convolution(self) -> Convolution:
-        return convolution(self.conv)
+        """The registry entry of ``conv`` (validated in ``__post_init__``)."""
+        return NO_CONVOLUTION if self.conv == "none" else CONVOLUTIONS[self.conv]
 
     def to_dict(self) -> dict:
         return asdict(self)
