@@ -320,3 +320,74 @@ def test_solution_notebook_runs(src: Path, tmp_path, monkeypatch) -> None:
         o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
     ]
     assert not errors
+
+
+# checkers: what a student is told when an answer is not yet right
+
+
+def test_species_symbols_are_named_not_a_traceback(nacl):
+    symbols = [site.specie.symbol for site in nacl]
+    with pytest.raises(hw.HomeworkCheckError) as err:  # an AssertionError with a hint, not int()'s ValueError
+        hw.check_species(symbols, nacl)
+    message = str(err.value)
+    assert "symbols" in message and "atomic numbers" in message and "specie.Z" in message and "11" in message
+    assert "the right ones" in message
+    wrong = _message(hw.check_species(["Na", "K"] * 4, nacl, raise_on_fail=False))
+    assert "symbols" in wrong and "the right ones" not in wrong
+    assert "Element" in _message(hw.check_species([s.specie for s in nacl], nacl, raise_on_fail=False))
+    assert "sites" in _message(hw.check_species(list(nacl), nacl, raise_on_fail=False))
+    odd = _message(hw.check_species([11, "x"] + [17] * 6, nacl, raise_on_fail=False))
+    assert "'x'" in odd and "position 1" in odd and "atomic numbers" in odd
+    assert "11.5" in _message(hw.check_species([11.5] * 8, nacl, raise_on_fail=False))
+
+
+def test_species_number_forms_are_accepted(nacl):
+    z = [site.specie.Z for site in nacl]
+    assert hw.check_species(np.array(z), nacl)
+    assert hw.check_species(torch.tensor(z), nacl)
+    assert hw.check_species(list(torch.tensor(z)), nacl)
+    assert hw.check_species([np.int64(v) for v in z], nacl)
+    assert hw.check_species([str(v) for v in z], nacl)
+    assert hw.check_species([float(v) for v in z], nacl)
+
+
+def _pairs(structure, radius):
+    return [(i, n.index, n.nn_distance) for i, s in enumerate(structure) for n in structure.get_neighbors(s, radius)]
+
+
+def _in_cell(structure, radius):
+    cart = structure.cart_coords
+    n = len(structure)
+    return [(i, j, float(np.linalg.norm(cart[i] - cart[j]))) for i in range(n) for j in range(n)
+            if i != j and np.linalg.norm(cart[i] - cart[j]) <= radius]
+
+
+def test_neighbors_too_small_radius_is_not_blamed_on_periodic_images(nacl):
+    message = _message(hw.check_neighbors(_pairs(nacl, 4.5), nacl, 6.0, raise_on_fail=False))
+    assert "radius is too small" in message and "periodic" not in message
+    assert "3.988" in message and "6.0" in message and "4.884" in message  # where they stop, what is missing
+    m_mode = _message(hw.check_neighbors(_pairs(nacl, 3.0), nacl, 8.0, max_neighbors=12, raise_on_fail=False))
+    assert "radius is too small" in m_mode and "12 nearest" in m_mode and "periodic" not in m_mode
+
+
+def test_neighbors_missing_images_and_both_causes(nacl):
+    whole_cell = _message(hw.check_neighbors(_in_cell(nacl, 6.0), nacl, 6.0, raise_on_fail=False))
+    assert "periodic images" in whole_cell and "radius is too small" not in whole_cell
+    both = _message(hw.check_neighbors(_in_cell(nacl, 4.5), nacl, 6.0, raise_on_fail=False))
+    assert "periodic images" in both and "3.988" in both and "radius is 6.0" in both
+    first_image_only = []  # each neighbour j kept once per atom, from a correct search: images are lost
+    for i, site in enumerate(nacl):
+        seen = set()
+        for n in nacl.get_neighbors(site, 6.0):
+            if n.index not in seen:
+                seen.add(n.index)
+                first_image_only.append((i, n.index, n.nn_distance))
+    once = _message(hw.check_neighbors(first_image_only, nacl, 6.0, raise_on_fail=False))
+    assert "periodic images" in once and "radius is too small" not in once
+    dropped = _message(hw.check_neighbors(_pairs(nacl, 6.0)[:-4], nacl, 6.0, raise_on_fail=False))
+    assert "4 neighbours are missing" in dropped and "radius" not in dropped and "periodic" not in dropped
+
+
+def test_neighbors_empty_list_names_the_nearest_distance(nacl):
+    message = _message(hw.check_neighbors(_pairs(nacl, 1.0), nacl, 6.0, raise_on_fail=False))
+    assert "empty" in message and "2.820" in message

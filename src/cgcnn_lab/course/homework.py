@@ -147,9 +147,60 @@ def write_nacl_cif(path: str | os.PathLike) -> Path:
     return path
 
 
+def _species_values(values) -> list:
+    """The answer as a flat list: a list/tuple as given, an array or tensor flattened, a single value as [value]."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        return [values]
+    if hasattr(values, "tolist"):  # numpy array or torch tensor
+        return np.asarray(values.tolist(), dtype=object).ravel().tolist()
+    return [v.item() if isinstance(v, np.generic) or (isinstance(v, torch.Tensor) and v.numel() == 1) else v
+            for v in values]
+
+
+def _not_atomic_numbers(values: list, structure) -> str | None:
+    """What is wrong when ``values`` are not atomic numbers (element symbols, pymatgen objects, ...), else None."""
+    first = structure[0].specie
+    example = f"{first.symbol} -> {first.Z}"
+    for k, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)):
+            break
+        if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            continue
+        if isinstance(v, str) and v.strip().isdigit():
+            continue
+        break
+    else:
+        return None
+    from pymatgen.core import Element
+
+    symbols = [site.specie.symbol for site in structure]
+    if isinstance(v, str) and Element.is_valid_symbol(v.strip()):
+        right = [str(x).strip() for x in values] == symbols
+        return (
+            f"you gave element symbols ({', '.join(map(repr, values[:3]))}{', ...' if len(values) > 3 else ''})"
+            f"{', the right ones' if right else ''}; the exercise asks for atomic numbers (integers, {example}): "
+            "use site.specie.Z"
+        )
+    if hasattr(v, "specie"):
+        return f"you gave pymatgen sites; take the atomic number of each: site.specie.Z (e.g. {example})"
+    if hasattr(v, "Z"):
+        return (
+            f"you gave pymatgen {type(v).__name__} objects ({v}); take their atomic number: site.specie.Z "
+            f"(e.g. {example})"
+        )
+    return (
+        f"expected atomic numbers (integers, e.g. {example}), got {v!r} ({type(v).__name__}) at position {k}: "
+        "use site.specie.Z"
+    )
+
+
 def check_species(atomic_numbers, structure, raise_on_fail: bool = True) -> CheckResult:
-    """The atomic number of every site, in site order."""
-    got = [int(z) for z in np.asarray(atomic_numbers).ravel()]
+    """The atomic number of every site, in site order (integers: 11 for Na; symbols are named as such)."""
+    values = _species_values(atomic_numbers)
+    problem = _not_atomic_numbers(values, structure)
+    if problem:
+        return _verdict(False, problem, raise_on_fail)
+    got = [int(z) for z in values]
     want = [site.specie.Z for site in structure]
     if len(got) != len(want):
         return _verdict(
@@ -234,6 +285,60 @@ def _as_pairs(student) -> list[tuple[int, int, float]]:
     return [(int(i), int(j), float(d)) for i, j, d in rows]
 
 
+def _missing_hint(pairs, ref, structure, radius: float, max_neighbors: int | None, missing: Counter) -> str:
+    """Why (i, distance) pairs are missing although every given one is right: too small a search radius (the
+    answer is complete up to its own largest distance), no periodic images (each neighbour j at most once per
+    atom, or exactly the in-cell pairs), both, or neighbours left out of some atoms (or not the M nearest kept)."""
+    n_missing = sum(missing.values())
+    reach = max(p[2] for p in pairs)  # the student's radius is at least this, and below the next missing distance
+    within = [p for p in ref if p[2] <= reach + 1e-3]
+    got_d = _multiset(pairs, False)
+    beyond = sorted(d for (_, d), k in missing.items() for _ in range(k) if d > reach + 1e-3)
+    complete_to_reach = got_d == _multiset(within, False)
+    once_each = max(Counter((p[0], p[1]) for p in pairs).values(), default=0) == 1
+    reference_to_reach = _reference_pairs(structure, reach + 1e-3)
+    images_expected = max(Counter((p[0], p[1]) for p in reference_to_reach).values(), default=0) > 1
+    in_cell = max_neighbors is None and any(
+        _multiset(pairs, True) == _multiset(_in_cell_pairs(structure, reach + 1e-3, m), True) for m in (False, True)
+    )
+    no_images = in_cell or (once_each and images_expected)
+    span = ""
+    if beyond:
+        low, high = beyond[0], beyond[-1]
+        span = f"at {low:.3f} Å" if high - low < 1e-3 else f"between {low:.3f} and {high:.3f} Å"
+    short = (
+        f"your neighbours stop at {reach:.3f} Å but the radius is {radius} Å: {len(beyond)} missing neighbours "
+        f"lie {span}. Search with the full radius, structure.get_neighbors(site, {radius})"
+    )
+    if complete_to_reach and beyond:  # right up to their own radius: the radius is too small, not the images
+        if max_neighbors is not None:
+            short += f", then keep the {max_neighbors} nearest of each atom"
+        return f"your radius is too small: {short}"
+    if no_images and beyond:
+        return (
+            f"two things: {n_missing - len(beyond)} neighbours within your {reach:.3f} Å are missing because you "
+            "have no periodic images (each neighbour j appears at most once per atom, but through the neighbouring "
+            f"cells the same j can be a neighbour several times), and {short}"
+        )
+    if no_images:
+        return (
+            f"your distances are right but {n_missing} neighbours are missing: each neighbour j appears at most "
+            "once per atom, but through the periodic images of the cell the same j can be a neighbour several "
+            "times. Include periodic images: use structure.get_neighbors(site, r) for every site"
+        )
+    also = f"; also, {short}" if beyond else ""
+    if max_neighbors is not None:
+        return (
+            f"{n_missing} neighbours missing: keep the {max_neighbors} nearest of every atom "
+            f"(sort its neighbours by distance, then take the first M){also}"
+        )
+    centres = sorted({i for i, _ in missing})
+    return (
+        f"your distances are right but {n_missing} neighbours are missing (atoms {centres[:6]}): keep every "
+        f"neighbour that structure.get_neighbors(site, r) returns, for every site{also}"
+    )
+
+
 def check_neighbors(
     student, structure, radius: float, max_neighbors: int | None = None, raise_on_fail: bool = True
 ) -> CheckResult:
@@ -259,7 +364,9 @@ def check_neighbors(
     if not pairs:
         return _verdict(
             False,
-            "the neighbour list is empty: loop over the sites and call structure.get_neighbors(site, radius)",
+            "the neighbour list is empty: loop over the sites and call structure.get_neighbors(site, radius)"
+            + (f" with radius = {radius} Å (the nearest neighbours lie at {min(p[2] for p in ref):.3f} Å)"
+               if ref else ""),
             raise_on_fail,
         )
     bad_index = [p for p in pairs if not (0 <= p[0] < n and 0 <= p[1] < n)]
@@ -323,17 +430,7 @@ def check_neighbors(
         )
     missing, extra = want_d - got_d, got_d - want_d
     if missing and not extra:
-        centres = sorted({i for i, _ in missing})
-        hint = (
-            f"your distances are right but {sum(missing.values())} neighbours are missing (atoms {centres[:6]}). "
-            "Did you include periodic images? use structure.get_neighbors(site, r) for every site"
-        )
-        if max_neighbors is not None:
-            hint = (
-                f"{sum(missing.values())} neighbours missing: keep the {max_neighbors} nearest of every atom "
-                "(sort its neighbours by distance, then take the first M)"
-            )
-        return _verdict(False, hint, raise_on_fail)
+        return _verdict(False, _missing_hint(pairs, ref, structure, radius, max_neighbors, missing), raise_on_fail)
     if extra and not missing:
         ref_full = _multiset(_reference_pairs(structure, radius), True)
         dup = [k for k, v in _multiset(pairs, True).items() if v > max(ref_full.get(k, 0), 1)]

@@ -172,6 +172,12 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
     else:
         target_names = [f"target{k}" if n_targets > 1 else "target" for k in range(n_targets)]
 
+    cif_names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".cif" and p.is_file())
+    listed_ids = list(dict.fromkeys(row[0] for _, row in rows if row[0]))
+    without_cif = [i for i in listed_ids if not (folder / f"{i}.cif").is_file()]
+    if listed_ids and len(without_cif) == len(listed_ids):  # not one match: say so once, with the folder's names
+        raise DataError(_no_cif_matches(folder, without_cif, cif_names))
+
     entries: list[Entry] = []
     seen: dict[str, str] = {}
     for line_no, row in rows:
@@ -205,8 +211,14 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
         entries.append(Entry(entry_id, str(cif), content, targets))
 
     listed = {row[0] for _, row in rows}
-    unlisted = [p.stem for p in folder.glob("*.cif") if p.stem not in listed]
-    notes = [f"{len(unlisted)} CIF file(s) in {folder} are not listed in id_prop.csv and were ignored"] if unlisted else []
+    unlisted = [name for name in cif_names if name[:-4] not in listed]
+    notes = []
+    if unlisted:
+        note = f"{len(unlisted)} CIF file(s) in {folder} are not listed in id_prop.csv and were ignored"
+        if without_cif:  # ids without a file next to files without an id: the names probably do not match
+            note += (f" ({_some(unlisted)}), while {len(without_cif)} id(s) of id_prop.csv have no CIF "
+                     f"({_some([f'{i}.cif' for i in without_cif])}): do the ids match the file names?")
+        notes.append(note)
     atom_init = folder / "atom_init.json"
     return RawDataset(
         name=folder.name,
@@ -216,6 +228,25 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
         notes=notes,
         atom_init=atom_init if atom_init.is_file() else None,
     )
+
+
+def _some(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
+def _no_cif_matches(folder: Path, without_cif: list[str], cif_names: list[str]) -> str:
+    """Two lines: none of the ids has its ID.cif, and what the folder holds instead."""
+    head = (f"{folder}: none of the {len(without_cif)} id(s) in id_prop.csv has its CIF file "
+            f"(no {_some([f'{i}.cif' for i in without_cif])})")
+    if not cif_names:
+        return f"{head}\n  the folder holds no .cif files: put one ID.cif per id of id_prop.csv next to it"
+    by_lower = {name.lower(): name for name in cif_names}
+    case = [by_lower[f"{i}.cif".lower()] for i in without_cif if f"{i}.cif".lower() in by_lower]
+    if case:
+        return (f"{head}\n  {len(case)} of them have a CIF file whose name differs only in upper/lower case "
+                f"(e.g. {case[0]}): name each file ID.cif, the id written exactly as in id_prop.csv")
+    return (f"{head}\n  the folder holds {len(cif_names)} CIF file(s) under other names ({_some(cif_names)}): "
+            "each id in id_prop.csv must be the name of its CIF file without .cif")
 
 
 def _is_number(text: str) -> bool:
@@ -287,22 +318,38 @@ def read_table(
     structure_col: str | None = None,
     strict: bool = False,
     extra_cols: Sequence[str] = (),
+    require_targets: bool = False,
 ) -> RawDataset:
-    """One row per crystal: an id column, a structure column (CIF text or pymatgen JSON/dict), target columns."""
+    """One row per crystal: an id column, a structure column (CIF text or pymatgen JSON/dict), target columns.
+
+    With ``require_targets`` and no ``targets`` the table's numeric columns are offered as ``--target`` choices.
+    """
     path = Path(path)
     frame = _read_frame(path, structure_col)
     if len(frame) == 0:
         raise DataError(f"{path}: the table has no rows")
     columns = [str(c) for c in frame.columns]
-    structure_col = structure_col or next((c for c in STRUCTURE_COLUMNS if c in columns), None)
-    if structure_col is None or structure_col not in columns:
-        raise DataError(
-            f"{path}: no structure column {structure_col!r}; columns are {columns}. Use --structure-col NAME"
-        )
+    if structure_col is None:
+        structure_col = next((c for c in STRUCTURE_COLUMNS if c in columns), None)
+        if structure_col is None:
+            raise DataError(
+                f"{path}: no structure column found (looked for {', '.join(STRUCTURE_COLUMNS)}); "
+                f"{_structure_col_hint(frame)}; columns are {columns}"
+            )
+    elif structure_col not in columns:
+        raise DataError(f"{path}: no structure column {structure_col!r}; {_structure_col_hint(frame)}; "
+                        f"columns are {columns}")
     if id_col is None:
         id_col = next((c for c in ("id", "material_id", "mp_id", "name") if c in columns), None)
     elif id_col not in columns:
         raise DataError(f"{path}: no id column {id_col!r}; columns are {columns}")
+    if require_targets and not targets:
+        candidates = _numeric_columns(frame, exclude={structure_col, id_col, *extra_cols})
+        if not candidates:
+            raise DataError(f"{path}: no --target given, and no column holds numbers to learn; columns are {columns}")
+        shown = ", ".join(candidates[:12]) + (f", ... ({len(candidates) - 12} more)" if len(candidates) > 12 else "")
+        raise DataError(f"{path}: name the target column(s) with --target COL (e.g. --target {candidates[0]}); "
+                        f"numeric columns of this table: {shown}")
     missing = [t for t in targets if t not in columns]
     if missing:
         raise DataError(f"{path}: target column(s) {missing} not found; columns are {columns}")
@@ -345,6 +392,54 @@ def read_table(
         entries.append(Entry(entry_id, where, content, values, extras[row] if extras else None))
     entries = _check_duplicates(entries, log)
     return RawDataset(name=path.name.split(".")[0], entries=entries, target_names=list(targets), problems=log.problems)
+
+
+def _looks_like_structure(value: object) -> bool:
+    if isinstance(value, dict):
+        return "lattice" in value and "sites" in value
+    if isinstance(value, str):
+        return "_cell_length_a" in value or ("{" in value[:20] and '"lattice"' in value)
+    return is_structure(value)
+
+
+def _structure_col_hint(frame) -> str:
+    """``use --structure-col NAME``, naming the columns whose first filled cell holds a structure, if any."""
+    columns = [str(c) for c in frame.columns]
+    # a JSON structure dict under an unknown name was flattened into NAME.lattice, NAME.sites, ...
+    found = [c[: -len(".lattice")] for c in columns if c.endswith(".lattice") and f"{c[:-8]}.sites" in columns]
+    for column in frame.columns:
+        values = frame[column]
+        first = next((v for v in values[:50] if v is not None and not (isinstance(v, str) and not v.strip())), None)
+        if first is not None and _looks_like_structure(first):
+            found.append(str(column))
+    if found:
+        return f"column {found[0]!r} holds structures: use --structure-col {found[0]}"
+    return "name the column holding CIF text or pymatgen Structure JSON with --structure-col NAME"
+
+
+def _numeric_columns(frame, exclude: set) -> list[str]:
+    """Columns whose every filled cell is a number (candidates for --target); fold columns are not targets."""
+    import pandas as pd
+
+    def number(value: object) -> bool:
+        if isinstance(value, str):
+            return _is_number(value)
+        return isinstance(value, (int, float, np.number))
+
+    names = []
+    for column in frame.columns:
+        name = str(column)
+        if name in exclude or "fold" in name.lower():
+            continue
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):  # Parquet / JSON numbers (bools count: 0/1 labels)
+            if values.notna().any():
+                names.append(name)
+            continue
+        filled = [v for v in values.tolist() if v is not None and not (isinstance(v, str) and not v.strip())]
+        if filled and all(number(v) for v in filled) and not all(math.isnan(float(v)) for v in filled):
+            names.append(name)
+    return names
 
 
 def _plain(value: object) -> object:
@@ -411,9 +506,8 @@ def load_dataset(
         raise DataError(f"{path}: no such file or folder")
     if not path.name.lower().endswith(TABLE_SUFFIXES):
         raise DataError(f"{path}: expected a CGCNN folder or a table ({', '.join(TABLE_SUFFIXES)})")
-    if require_targets and not targets:
-        raise DataError(f"{path}: name the target column(s) with --target (e.g. --target e_form)")
-    return read_table(path, targets, id_col=id_col, structure_col=structure_col, strict=strict, extra_cols=extra_cols)
+    return read_table(path, targets, id_col=id_col, structure_col=structure_col, strict=strict, extra_cols=extra_cols,
+                      require_targets=require_targets)
 
 
 # ---------------------------------------------------------------- structure parsing (called when featurising)
