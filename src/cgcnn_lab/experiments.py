@@ -3,14 +3,14 @@
 ``compare`` answers "which convolution / how many neighbours / which activation / batch norm / pooling" with
 data: every variant is a normal run folder (so any of them can be inspected or used to predict), the splits are
 fixed by one split seed, graphs are featurised once per graph setting (the cache is shared), finished variants
-are skipped when the command is repeated, and the results are summarised as mean ± std over seeds.
+are skipped when the command is repeated, and the results are summarised as mean ± std over seeds, the best
+variant chosen on the validation split (the test split is reported, never used to choose).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,6 +22,7 @@ import pandas as pd
 
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.optionfield import factor_name, options_of, parse_value, text_of
+from cgcnn_lab.spec import LEGACY_UNKNOWN_UNIT
 from cgcnn_lab.training.finetune import fine_tuning_setup, non_default_options
 from cgcnn_lab.training.options import DataOptions, TrainOptions
 
@@ -155,12 +156,8 @@ def check_fine_tuning(data: DataOptions, model: ModelConfig, opts: TrainOptions,
 
 def _run_one(job: tuple) -> dict:
     """Train one (variant, seed) in a worker; returns its results row."""
-    variant, seed, data, model, opts, out, threads = job
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    from cgcnn_lab.training.run import train
+    variant, seed, data, model, opts, out = job
+    from cgcnn_lab.training.run import train  # shares the cores with the other workers (cpu.py)
 
     data, model, opts = apply(variant, data, model, opts)
     run_dir = Path(out) / "runs" / variant.folder / f"seed{seed}"
@@ -209,8 +206,7 @@ def compare(
     pending = {variant for variant, _ in todo}
     check_fine_tuning(data, model, opts, [v for v in variants if v in pending])
     _warm_cache(data, variants, model, opts)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    jobs_args = [(v, s, data, model, opts, str(out), threads) for v, s in todo]
+    jobs_args = [(v, s, data, model, opts, str(out)) for v, s in todo]
     start = time.perf_counter()
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
@@ -231,10 +227,10 @@ def compare(
     results = results.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
     results.to_csv(out / "results.csv", index=False)
     summary = summarize(results)
-    (out / "summary.md").write_text(summary_markdown(summary))
+    (out / "summary.md").write_text(summary_markdown(summary, ranking(results)))
     figures = make_plots(out, results, summary, variants)
     write_report(out, results, summary, figures, variants, seeds, time.perf_counter() - start)
-    log(summary_markdown(summary))
+    log(summary_markdown(summary, ranking(results)))
     return results
 
 
@@ -252,42 +248,116 @@ def _warm_cache(data: DataOptions, variants: list[Variant], model: ModelConfig, 
         featurize(raw.entries, graph, cache_dir=data.cache_dir, jobs=data.jobs)
 
 
-def _metric(results: pd.DataFrame) -> tuple[str, str, bool]:
-    """(column, label, lower is better) of the headline test metric."""
-    if "test_mae_per_atom" in results:
-        return "test_mae_per_atom", f"test MAE ({results['unit_per_atom'].iloc[0]})", True
-    if "test_mae" in results:
-        return "test_mae", f"test MAE ({results['unit'].iloc[0]})", True
-    return "test_accuracy", "test accuracy", False
+@dataclass(frozen=True)
+class Ranking:
+    """How the variants of a comparison are ranked, and what is reported beside the ranking.
+
+    The best variant is chosen on the validation split (the best validation value of each run: ``best_val_mae``,
+    per atom for per-atom runs, or ``best_val_loss`` for classification), never on the test split, whose metric
+    is only reported. ``unit`` is the unit of both MAE columns ("" when the runs were trained without --unit)."""
+
+    select: str  # results column that ranks: best_val_mae / best_val_loss (a test column only without validation)
+    select_name: str  # e.g. "validation MAE per atom"
+    select_lower: bool  # lower is better for the ranking column
+    test: str  # headline test metric: test_mae_per_atom / test_mae / test_accuracy
+    test_name: str  # e.g. "test MAE per atom"
+    unit: str  # of the MAE values (per atom when per atom); "" when unknown or for classification
+    per_atom: bool
+
+    @property
+    def on_validation(self) -> bool:
+        return self.select.startswith("best_val_")
+
+    @property
+    def select_label(self) -> str:
+        """An axis label: ``validation MAE per atom (eV/atom)``, without a unit when unknown."""
+        return _in_unit(self.select_name, self.unit)
+
+    @property
+    def test_label(self) -> str:
+        return _in_unit(self.test_name, self.unit)
+
+    def header(self, name: str) -> str:
+        """A table column heading: ``test MAE, eV/cell (mean ± std)``."""
+        return f"{name}, {self.unit} (mean ± std)" if self.unit else f"{name} (mean ± std)"
+
+    def value(self, text: str) -> str:
+        """``text`` followed by the unit, when there is one."""
+        return f"{text} {self.unit}" if self.unit else text
+
+    @property
+    def note(self) -> str:
+        """One sentence that says how the best variant was chosen."""
+        if self.on_validation:
+            return (f"Ranked by {self.select_name} (mean over seeds of each run's best epoch), best first: the best "
+                    f"variant is selected on validation; the {self.test_name} is reported beside it, not used to "
+                    "choose.")
+        return f"Ranked by {self.test_name}, best first: these runs logged no validation metric."
+
+
+def _text(results: pd.DataFrame, column: str) -> str:
+    """The first unit string in ``column`` ("" when absent, null or the old "target units" placeholder)."""
+    if column not in results:
+        return ""
+    value = next((v for v in results[column] if isinstance(v, str) and v), "")
+    return "" if value.startswith(LEGACY_UNKNOWN_UNIT) else value
+
+
+def _in_unit(text: str, unit: str) -> str:
+    return f"{text} ({unit})" if unit else text
+
+
+def ranking(results: pd.DataFrame) -> Ranking:
+    """How ``results`` (one row per run) are ranked: on validation, test reported beside."""
+    per_atom = "test_mae_per_atom" in results
+    if per_atom or "test_mae" in results:
+        unit = _text(results, "unit_per_atom" if per_atom else "unit")
+        what = "MAE per atom" if per_atom else "MAE"
+        test, test_name = ("test_mae_per_atom" if per_atom else "test_mae"), f"test {what}"
+        select, select_name, lower = "best_val_mae", f"validation {what}", True
+    else:
+        unit, test, test_name = "", "test_accuracy", "test accuracy"
+        select, select_name, lower = "best_val_loss", "validation NLL loss", True
+    if select not in results or not results[select].notna().any():  # no validation split: test is all there is
+        select, select_name, lower = test, test_name, test != "test_accuracy"
+    return Ranking(select, select_name, lower, test, test_name, unit, per_atom)
 
 
 def _headline(row: dict) -> str:
-    if "test_mae_per_atom" in row:
-        return f"test MAE {row['test_mae_per_atom']:.4g} {row['unit_per_atom']}"
-    if "test_mae" in row:
-        return f"test MAE {row['test_mae']:.4g} {row['unit']}"
-    return f"test accuracy {row['test_accuracy']:.4f}"
+    """One run's result for the progress log: validation (what ranks) and test."""
+    r = ranking(pd.DataFrame([row]))
+    value = row.get(r.select)
+    val = f"{r.value(f'{r.select_name} {value:.4g}')}, " if r.on_validation and pd.notna(value) else ""
+    return val + r.value(f"{r.test_name} {row[r.test]:.4g}")
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per variant, best first."""
-    metric, _, lower = _metric(results)
-    cols = [c for c in (metric, "test_mae", "test_rmse", "test_r2", "test_accuracy", "test_auc", "test_f1",
+    """Mean ± std over seeds per variant, best on validation first (``ranking``)."""
+    r = ranking(results)
+    cols = [c for c in (r.select, r.test, "test_mae", "test_rmse", "test_r2", "test_accuracy", "test_auc", "test_f1",
                         "best_val_mae", "best_val_loss", "seconds", "epochs_run", "n_parameters") if c in results]
     cols = list(dict.fromkeys(cols))
     grouped = results.groupby("variant", sort=False)[cols]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
     summary["seeds"] = results.groupby("variant", sort=False).size()
-    return summary.sort_values(f"{metric}_mean", ascending=lower)
+    return summary.sort_values(f"{r.select}_mean", ascending=r.select_lower, na_position="last", kind="stable")
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    metric = next(c[: -len("_mean")] for c in summary.columns if c.endswith("_mean"))
-    label = metric.replace("_", " ")
-    lines = [f"| variant | {label} (mean ± std) | seeds | train time (s) | parameters |", "|---|---|---|---|---|"]
-    for name, r in summary.iterrows():
-        lines.append(f"| {short_name(str(name))} | {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f} | {int(r['seeds'])} | "
-                     f"{r['seconds_mean']:.0f} | {int(r['n_parameters_mean']):,} |")
+def _mean_std(row: pd.Series, column: str) -> str:
+    return f"{row[f'{column}_mean']:.4f} ± {row[f'{column}_std']:.4f}"
+
+
+def summary_markdown(summary: pd.DataFrame, rank: Ranking) -> str:
+    """The summary table, best on validation first, with the sentence that says so."""
+    head = [rank.header(rank.select_name)] + ([rank.header(rank.test_name)] if rank.on_validation else [])
+    lines = [rank.note, "", f"| variant | {' | '.join(head)} | seeds | train time (s) | parameters |",
+             "|---|" + "---|" * (len(head) + 3)]
+    for k, (name, r) in enumerate(summary.iterrows()):
+        label = short_name(str(name))
+        label = f"**{label}** (selected)" if k == 0 else label
+        values = [_mean_std(r, rank.select)] + ([_mean_std(r, rank.test)] if rank.on_validation else [])
+        lines.append(f"| {label} | {' | '.join(values)} | {int(r['seeds'])} | {r['seconds_mean']:.0f} | "
+                     f"{int(r['n_parameters_mean']):,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -296,26 +366,32 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
 
     from cgcnn_lab.training import plots
 
-    metric, label, _ = _metric(results)
+    rank = ranking(results)
+    metric, label = rank.test, rank.test_label
+    best = summary.index[0]
     figures = []
-    # test error per variant, with error bars over seeds
+    # test error per variant, with error bars over seeds; the variant selected on validation in orange
     shown = [v for v in variants if v.name in summary.index]
     names = [v.name for v in shown]
-    fig = Figure(figsize=(7.0, 1.2 + 0.35 * len(names)), dpi=120)
+    fig = Figure(figsize=(7.0, 1.5 + 0.35 * len(names)), dpi=120)
     ax = fig.subplots()
     means = summary.loc[names, f"{metric}_mean"]
     stds = summary.loc[names, f"{metric}_std"]
-    ax.barh(range(len(names)), means, xerr=stds, capsize=3, color="tab:blue", alpha=0.8)
+    colors = ["tab:orange" if n == best else "tab:blue" for n in names]
+    ax.barh(range(len(names)), means, xerr=stds, capsize=3, color=colors, alpha=0.8)
     ax.set_yticks(range(len(names)), [v.label for v in shown], fontsize=8)
     ax.invert_yaxis()  # first variant on top, as in the command
     ax.set_xlabel(label)
-    ax.set_title(f"{label}: mean ± std over {int(summary['seeds'].max())} seeds", fontsize=10)
+    picked = "orange: selected on validation" if rank.on_validation else "orange: best"
+    ax.set_title(f"{label}: mean ± std over {int(summary['seeds'].max())} seeds\n({picked})", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "test_error.png")
     figures.append(out / "test_error.png")
-    # validation curves, mean over seeds, one line per variant
-    curve_metric = "val_mae" if "test_mae" in results else "val_loss"
+    # validation curves, mean over seeds, one line per variant (val_mae is per atom for per-atom runs)
+    regression = rank.test != "test_accuracy"
+    curve_metric = "val_mae" if regression else "val_loss"
+    what = "MAE per atom" if rank.per_atom else "MAE"
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
     for variant in shown:
@@ -326,50 +402,64 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
         n = min(len(c) for c in curves)
         ax.plot(curves[0]["epoch"][:n], np.mean([c[curve_metric][:n] for c in curves], axis=0), label=variant.label,
                 lw=1.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(curve_metric.replace("_", " "))
-    ax.set_yscale("log")
+    plots.epoch_axis(ax)
+    ax.set_ylabel(_in_unit(f"validation {what}", rank.unit) if regression else "validation NLL loss")
+    ax.set_title("validation curves, mean over seeds", fontsize=10)
+    plots.log_y(ax)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png")
     figures.append(out / "learning_curves.png")
-    # parity plot of the best variant (its first seed)
-    if "test_mae" in results:
-        best = summary.index[0]
+    # parity plot of the best variant (its first seed), per atom when the ranking is per atom
+    if regression:
         run = Path(results.loc[results.variant == best, "run"].iloc[0])
         frame = pd.read_csv(run / "test_results.csv")
-        unit = results["unit"].iloc[0]  # test_results.csv is in the target's own unit (totals with --per-atom)
-        best_label = next((v.label for v in variants if v.name == best), best)
-        plots.parity(frame["target"].to_numpy(), frame["prediction"].to_numpy(), unit, f"best: {best_label}",
-                     out / "parity_best.png")
-        figures.append(out / "parity_best.png")
+        columns = ("target_per_atom", "prediction_per_atom") if rank.per_atom else ("target", "prediction")
+        if set(columns) <= set(frame.columns):
+            best_label = next((v.label for v in variants if v.name == best), best)
+            chosen = "best on validation" if rank.on_validation else "best"
+            seed = results.loc[results.variant == best, "seed"].iloc[0]
+            per_atom = ", per atom" if rank.per_atom else ""
+            plots.parity(frame[columns[0]].to_numpy(), frame[columns[1]].to_numpy(), rank.unit,
+                         f"{chosen}: {best_label} (seed {seed}{per_atom})", out / "parity_best.png")
+            figures.append(out / "parity_best.png")
     return figures
 
 
 def write_report(out: Path, results: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                  variants: list[Variant], seeds: list[int], seconds: float) -> None:
-    metric, label, _ = _metric(results)
+    rank = ranking(results)
     best = summary.index[0]
+    row = summary.loc[best]
+    if rank.on_validation:
+        headline = (f"Best on validation: **{short_name(str(best))}**, {rank.select_name} "
+                    f"{rank.value(_mean_std(row, rank.select))}; its {rank.test_name}: "
+                    f"{rank.value(_mean_std(row, rank.test))}. The test split was not used to choose.")
+    else:
+        headline = (f"Best by {rank.test_name}: **{short_name(str(best))}** "
+                    f"({rank.value(_mean_std(row, rank.test))}).")
     lines = [
         "# Experiment report",
         "",
         (f"{len(variants)} variants × {len(seeds)} seeds (seeds {seeds}); every variant uses the same "
          "train/validation/test split. Each row of `results.csv` is one run folder under `runs/`."),
         "",
-        (f"Best by {label}: **{short_name(str(best))}** ({summary.loc[best, f'{metric}_mean']:.4f} ± "
-         f"{summary.loc[best, f'{metric}_std']:.4f})."),
+        headline,
         "",
-        summary_markdown(summary),
+        summary_markdown(summary, rank),
     ]
     factors = sorted({k for v in variants for k, _ in v.settings})
     if len(factors) > 0 and any(len(v.settings) == 1 for v in variants) and "base" in summary.index:
+        def both(r: pd.Series) -> str:
+            return f"validation {_mean_std(r, rank.select)}, test {_mean_std(r, rank.test)}" if rank.on_validation \
+                else _mean_std(r, rank.test)
+
         lines += ["## One factor at a time", ""]
-        base = summary.loc["base", f"{metric}_mean"], summary.loc["base", f"{metric}_std"]
         for factor in factors:
             rows = [(v.name, summary.loc[v.name]) for v in variants if v.settings and v.settings[0][0] == factor]
-            lines.append(f"- **{factor}**: base {base[0]:.4f} ± {base[1]:.4f}; " + "; ".join(
-                f"{name.split('=', 1)[1]} {r[f'{metric}_mean']:.4f} ± {r[f'{metric}_std']:.4f}" for name, r in rows))
+            lines.append(f"- **{factor}**: base {both(summary.loc['base'])}; " + "; ".join(
+                f"{name.split('=', 1)[1]} {both(r)}" for name, r in rows))
         lines.append("")
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     lines += ["", f"Training time of this invocation: {seconds:.0f} s."]

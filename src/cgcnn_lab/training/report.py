@@ -23,11 +23,11 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
     pred = Predictions(dataset.ids[eval_idx], predict_outputs(best.model, dataset, best.transform, subset=eval_idx),
                        best.spec, dataset.n_atoms[eval_idx], targets=targets)
     best_epoch, best_value = _best(out / "metrics.csv", monitor)
-    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": best.spec.unit, **info,
+    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": best.spec.unit or None, **info,
                "best_epoch": best_epoch, f"best_{monitor}": best_value}
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
     if best.spec.per_atom:
-        metrics["unit_per_atom"] = best.spec.learned_unit
+        metrics["unit_per_atom"] = best.spec.learned_unit or None
     pred.to_csv(out / "test_results.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, pred
@@ -43,7 +43,7 @@ def _best(path: Path, monitor: str) -> tuple[int | None, float | None]:
 
 
 def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> None:
-    """Learning curves and the test split's parity plot (ROC curve for two classes)."""
+    """Learning curves and the test split's parity plot (ROC curve for two classes, class 1 the positive one)."""
     metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
     spec, regression = pred.spec, pred.spec.task == "regression"
     unit, learned_unit = spec.unit, spec.learned_unit
@@ -51,13 +51,15 @@ def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> N
         plots.learning_curve(metrics, "loss", "loss (normalised targets)" if regression else "NLL loss",
                              out / "loss.png", log=True)
         if regression:
-            plots.learning_curve(metrics, "mae", f"MAE ({learned_unit})", out / "mae.png")
+            mae = "MAE per atom" if spec.per_atom else "MAE"
+            plots.learning_curve(metrics, "mae", f"{mae} ({learned_unit})" if learned_unit else mae, out / "mae.png")
         else:
             plots.learning_curve(metrics, "accuracy", "accuracy", out / "accuracy.png")
     y, values = pred.targets, pred.values
     if not regression:
-        if values.shape[1] == 2:
-            plots.roc_curve(pred.labels, values[:, 1], out / "roc.png", f"{eval_name} split ROC")
+        if values.shape[1] == 2 and pred.labels is not None:
+            plots.roc_curve(pred.labels, values[:, 1], out / "roc.png", f"{eval_name} split ROC",
+                            positive=spec.class_names[1])
     elif spec.per_atom:
         na = pred.n_atoms[:, None].astype(float)
         plots.parity(y / na, values / na, learned_unit, f"{eval_name} split (per atom)", out / "parity.png")
