@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cgcnn_lab"
 
 # floor of each top-level part of the package: a module may import its own floor and those below it
 FLOORS = {
-    "optionfield": 0, "data": 1, "model": 2, "spec": 3, "targets": 3, "checkpoint": 3, "metrics": 3,
+    "optionfield": 0, "console": 0, "cpu": 0, "data": 1, "model": 2, "spec": 3, "targets": 3, "checkpoint": 3, "metrics": 3,
     "inference": 4, "original": 4, "training": 5, "experiments": 6, "explain": 6, "course": 6, "cli": 7, "__init__": 7,
 }
 

@@ -104,7 +104,7 @@ def test_cli_predict_with_an_original_checkpoint(tmp_path, capsys):
     out = tmp_path / "p.csv"
     ckpt = str(PRETRAINED / "semi-metal-classification.pth.tar")
     assert main(["predict", ckpt, str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
-    ours = pd.read_csv(out, dtype={"id": str}).set_index("id")["prediction"]
+    ours = pd.read_csv(out, dtype={"id": str}).set_index("id")["p1"]  # the original writes class 1's probability
     ref = pd.read_csv(REFERENCE / "semi-metal-classification--sample-regression.csv", dtype={"id": str})
     assert np.abs(ours.loc[ref["id"]].to_numpy() - ref["prediction"].to_numpy()).max() <= 1e-4
     table = tmp_path / "t.csv"

@@ -46,8 +46,8 @@ def test_short_run_lowers_loss_and_writes_run_folder(table, cache, tmp_path):
     data = DataOptions(source=str(table), targets=[DEMO_TARGET], unit="eV/atom", cache_dir=cache)
     result = train(data, small_model(), quick(tmp_path, "run", epochs=8), log=lambda *_: None)
     out = result.out
-    for name in ("config.json", "metrics.csv", "test_results.csv", "metrics.json", "loss.png", "mae.png",
-                 "parity.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+    for name in ("config.json", "split.csv", "metrics.csv", "test_results.csv", "metrics.json", "loss.png",
+                 "mae.png", "parity.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
     curve = pd.read_csv(out / "metrics.csv")
     assert len(curve) == 8
@@ -149,7 +149,9 @@ def test_classification_with_threshold(table, cache, tmp_path):
     assert (result.out / "roc.png").is_file() and (result.out / "accuracy.png").is_file()
     results = pd.read_csv(result.out / "test_results.csv")
     assert set(results.target.unique()) <= {0, 1}
-    assert results.prediction.between(0, 1).all()
+    assert set(results.prediction.unique()) <= {0, 1}  # a label: the most probable class
+    assert results.p1.between(0, 1).all()
+    assert (results.prediction == (results.p1 > 0.5)).all()
 
 
 def test_fold_and_id_splits(table, cache, tmp_path):
@@ -338,7 +340,7 @@ def test_given_options_tells_written_options_from_defaults():
     train_parser = parser.parse_args(["train", "x"]).subparsers["train"]
     argv = ["train", "x", "--max-nbr=8", "--n-conv", "3", "--preset", "best", "--lr", "1e-3", "--", "--conv"]
     assert given_options(train_parser, argv) == ("lr", "max_neighbors", "n_conv", "preset")
-    assert given_options(train_parser, ["train", "x", "--max-n", "8"]) == ("max_neighbors",)  # argparse's prefixes
+    assert given_options(train_parser, ["train", "x", "--max-n", "8"]) == ()  # no abbreviations: main refuses it
 
 
 @pytest.mark.parametrize("pool", ["mean", "sum"])
@@ -538,3 +540,16 @@ def test_presets_are_train_options_and_explicit_options_win(monkeypatch):
     data, model, opts = PRESETS["best"].apply(DataOptions(max_neighbors=4), ModelConfig(), TrainOptions(epochs=9),
                                               keep=["max_neighbors", "epochs"])
     assert (data.max_neighbors, opts.epochs, model.n_conv, opts.ema, opts.preset) == (4, 9, 5, 0.999, "best")
+
+
+def test_classification_splits_are_stratified():
+    from cgcnn_lab.training.splits import ratio_split
+
+    labels = np.r_[np.zeros(640, int), np.ones(360, int)]  # 64/36, as perovskites vs other oxides
+    for seed in range(3):
+        split = ratio_split(len(labels), None, 0.1, 0.1, seed, strata=labels)
+        assert (len(split.train), len(split.val), len(split.test)) == (800, 100, 100)
+        assert labels[split.val].sum() == labels[split.test].sum() == 36
+        assert len(np.unique(np.r_[split.train, split.val, split.test])) == 1000
+    plain = ratio_split(len(labels), None, 0.1, 0.1, 0)
+    assert (len(plain.train), len(plain.val), len(plain.test)) == (800, 100, 100)

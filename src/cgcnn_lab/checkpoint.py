@@ -38,6 +38,7 @@ def safe_load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_looks_like_checkpoint(path)
     try:
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         with allow(_numpy_scalar_globals()) if allow else contextlib.nullcontext():
@@ -63,11 +64,40 @@ def safe_load(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
 
+MODEL_ARGUMENT = "a model is a run folder, a .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)"
+
+
+def _check_looks_like_checkpoint(path: Path) -> None:
+    """A PyTorch file is a zip archive (``PK``) or, in the legacy format the original code used, a pickle
+    (``\\x80``). Anything else (a CSV, a CIF, a gzipped table) is named, instead of an unpickling error about it."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return
+    if head[:2] == b"\x1f\x8b":
+        what = "a gzip-compressed file (a data table?)"
+    elif not head:
+        what = "an empty file"
+    else:
+        try:
+            first = head.decode("utf-8").splitlines()[0].strip()
+        except (UnicodeDecodeError, IndexError):
+            what = "not a PyTorch checkpoint"
+        else:
+            kind = "a CSV table" if "," in first else "a text file"
+            what = f"{kind} (first line: {first[:60]!r})"
+    raise CheckpointError(f"{path} is {what}, not a model; {MODEL_ARGUMENT} (the model comes first: "
+                          "cgcnn-lab predict MODEL DATA)")
+
+
 def resolve_checkpoint(model: str | Path) -> Path:
     """A run folder (its best checkpoint) or a checkpoint file."""
     path = Path(model)
     if path.is_dir():
         best = path / "checkpoints" / "best.ckpt"
+        if not best.is_file() and (path / "id_prop.csv").exists():
+            raise CheckpointError(f"{path} is a data folder (it has id_prop.csv), not a model; {MODEL_ARGUMENT} "
+                                  "(the model comes first: cgcnn-lab predict MODEL DATA)")
         if not best.is_file():
             raise CheckpointError(f"{path}: run folder without checkpoints/best.ckpt (did training finish an epoch?)")
         return best

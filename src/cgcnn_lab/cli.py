@@ -17,6 +17,7 @@ from dataclasses import Field
 from pathlib import Path
 
 from cgcnn_lab import __version__
+from cgcnn_lab.cpu import set_threads
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.optionfield import flag_of, options_of, parse_value, value_type
 from cgcnn_lab.training.options import DataOptions, TrainOptions
@@ -126,14 +127,19 @@ def cmd_predict(args) -> int:
 
     start = time.perf_counter()
     data = options(DataOptions, args, source=args.data)
+    if data.threads:
+        set_threads(data.threads)
     pred = predict_data([args.model, *args.ensemble], _read(args), args.atom_init, data.cache_dir, data.use_cache,
                         data.strict, data.jobs, data.stream)
     for line in pred.score_lines():
         print(line)
+    for line in pred.warnings():
+        print(f"warning: {line}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pred.to_csv(out)
-    print(f"wrote {len(pred)} predictions ({pred.unit}) to {out} in {time.perf_counter() - start:.1f} s")
+    unit = f" ({pred.unit})" if pred.unit else ""
+    print(f"wrote {len(pred)} predictions{unit} to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -143,6 +149,8 @@ def cmd_explain(args) -> int:
     from cgcnn_lab.inference import load_trained
 
     data = options(DataOptions, args, source=args.data)
+    if data.threads:
+        set_threads(data.threads)
     raw = _read(args)
     trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
     dataset = build_dataset(raw, trained.graph_config, trained.encoding, data.cache_dir, data.use_cache, data.strict,
@@ -152,7 +160,7 @@ def cmd_explain(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     spec = trained.spec
-    unit = "log-odds" if spec.transform is None else spec.learned_unit
+    unit = "log-odds" if spec.transform is None else spec.learned_unit or "target's unit"
     crystal = args.structure or str(frame["id"].iloc[0])
     plot = plot_contributions(frame, crystal, unit, out.with_name(f"{out.stem}_{crystal}.png"))
     print(f"wrote {len(frame)} site contributions ({unit}) of {frame['id'].nunique()} crystals to {out}; plot {plot}")
@@ -236,13 +244,15 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cgcnn-lab", description="Crystal Graph Convolutional Neural Networks.")
+    # no abbreviations: in a script, --epoch 2 silently meaning --epochs 2 today could mean another option tomorrow
+    parser = argparse.ArgumentParser(prog="cgcnn-lab", description="Crystal Graph Convolutional Neural Networks.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cgcnn-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     parser.set_defaults(subparsers=sub.choices)
 
     def command(name: str, func, help: str, groups=(), data: bool = True, **kw) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, **kw)
+        p = sub.add_parser(name, help=help, allow_abbrev=False, **kw)
         if name in ("predict", "explain", "export"):
             p.add_argument("model", help="run folder, .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)")
         if data:
@@ -306,19 +316,32 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str
     for token in argv:
         if token == "--":
             break
-        if not token.startswith("--"):
-            continue
         name = token.split("=", 1)[0]
-        matches = [flag for flag in flags if flag == name] or [flag for flag in flags if flag.startswith(name)]
-        if len(matches) == 1:  # argparse accepts unambiguous prefixes too
-            given.add(flags[matches[0]])
+        if name in flags:
+            given.add(flags[name])
     return tuple(sorted(given))
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, but an unknown option is reported by its command, with the nearest known ones
+    (``--epochz``: did you mean --epochs?), instead of the top-level usage."""
+    import difflib
+
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = args.subparsers[args.command]
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        word = unknown[0].split("=", 1)[0]
+        near = difflib.get_close_matches(word, flags, n=2, cutoff=0.75) if word.startswith("-") else []
+        hint = f" (did you mean {' or '.join(near)}?)" if near else f"; see cgcnn-lab {args.command} --help"
+        command.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}{hint}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
         if args.command in ("train", "compare"):
             args.asked = given_options(args.subparsers[args.command], sys.argv[1:] if argv is None else argv)
         return args.func(args)

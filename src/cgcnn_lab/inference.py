@@ -21,7 +21,7 @@ from cgcnn_lab.data.graph import GraphConfig
 from cgcnn_lab.data.sources import RawDataset
 from cgcnn_lab.metrics import classification_metrics, regression_metrics
 from cgcnn_lab.model.network import CGCNN
-from cgcnn_lab.spec import ModelSpec
+from cgcnn_lab.spec import ModelSpec, with_unit
 from cgcnn_lab.targets import TargetTransform
 
 __all__ = ["CheckpointError", "Predictions", "TrainedModel", "load_trained", "predict_data", "predict_outputs",
@@ -111,6 +111,7 @@ class Predictions:
     n_atoms: np.ndarray
     spread: np.ndarray | None = None  # standard deviation over ensemble members (None: one model)
     targets: np.ndarray | None = None  # [S, T] as read (classification: labels or thresholded values)
+    seen: dict[str, int] | None = None  # how many of the crystals were in the model's train/val split
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -132,13 +133,13 @@ class Predictions:
 
     def columns(self) -> dict[str, np.ndarray]:
         """The table ``predict`` writes and ``train`` keeps as test_results.csv, by column: id, target(s),
-        prediction(s), ``prediction_std`` for an ensemble, ``prediction_per_atom`` for a per-atom model, ``p0..``
-        for classes."""
+        prediction(s), ``prediction_std`` for an ensemble, ``target_per_atom`` and ``prediction_per_atom`` for a
+        per-atom model; for classes the most probable one and the probabilities ``p0..``."""
         cols, pred = {"id": np.asarray(self.ids)}, self.values
         if self.spec.task == "classification":
             if self.labels is not None:
                 cols["target"] = self.labels
-            cols["prediction"] = pred[:, 1] if pred.shape[1] == 2 else pred.argmax(1)
+            cols["prediction"] = pred.argmax(1)  # the most probable class; p1 is the probability of class 1
             return cols | {f"p{k}": pred[:, k] for k in range(pred.shape[1])}
         single = pred.shape[1] == 1
         for k, name in enumerate(self.spec.target_names):
@@ -149,6 +150,8 @@ class Predictions:
             if self.spread is not None:
                 cols[f"prediction_std{suffix}"] = self.spread[:, k]
         if self.spec.per_atom:
+            if self.targets is not None:
+                cols["target_per_atom"] = self.targets[:, 0] / self.n_atoms
             cols["prediction_per_atom"] = pred[:, 0] / self.n_atoms
         return cols
 
@@ -192,11 +195,61 @@ class Predictions:
             return [] if self.targets is None else [f"no metrics: the targets are not class labels 0..{self.values.shape[1] - 1}"]
         if self.spec.task == "classification":
             return [f"{prefix}accuracy {s['accuracy']:.4f}   ROC-AUC {s['auc']:.4f}   F1 {s['f1']:.4f}"]
-        u = self.unit
-        lines = [f"{prefix}MAE {s['mae']:.4g} {u}   RMSE {s['rmse']:.4g} {u}   R² {s['r2']:.4f}"]
+        u, mae, rmse = self.unit, f"MAE {s['mae']:.4g}", f"RMSE {s['rmse']:.4g}"
+        lines = [f"{prefix}{with_unit(mae, u)}   {with_unit(rmse, u)}   R² {s['r2']:.4f}"]
         if "mae_per_atom" in s:
-            lines.append(f"{prefix}MAE per atom {s['mae_per_atom']:.4g} {self.spec.learned_unit}")
+            per_atom = f"MAE per atom {s['mae_per_atom']:.4g}"
+            lines.append(f"{prefix}{with_unit(per_atom, self.spec.learned_unit)}")
         return lines
+
+
+    def warnings(self) -> list[str]:
+        """What makes the scores misleading: crystals the model was trained on, or targets that cannot be the
+        model's quantity (a total per cell against a per-atom model, another scale, R² below zero)."""
+        seen = [f"{n} in its {name} split" for name, n in (self.seen or {}).items() if n]
+        found = []
+        if seen:
+            found.append(f"of these {len(self)} crystals the model saw {' and '.join(seen)} while training: their "
+                         "errors are not a test of the model")
+        s = self.scores()
+        if s is None or self.spec.task != "regression":
+            return found
+        found += _quantity_mismatch(self.targets[:, 0], self.values[:, 0], self.n_atoms.astype(np.float64))
+        if s["r2"] < 0:
+            found.append(f"R² {s['r2']:.2f} < 0: the predictions are further from the targets than their mean is; "
+                         f"are these targets the model's quantity ({', '.join(self.spec.target_names)}"
+                         f"{', ' + self.unit if self.unit else ''})?")
+        return found
+
+
+def _quantity_mismatch(y: np.ndarray, pred: np.ndarray, n_atoms: np.ndarray) -> list[str]:
+    """A per-cell vs per-atom mix-up (one grows with the atom count, the other not), or a scale far off (another
+    unit?)."""
+    found = []
+    if len(y) >= 10 and n_atoms.std() > 0 and y.std() > 0 and pred.std() > 0:
+        scales = [abs(np.corrcoef(v, n_atoms)[0, 1]) for v in (y, pred)]
+        if scales[0] > 0.8 and scales[1] < 0.5:
+            found.append(f"the targets grow with the atom count (correlation {scales[0]:.2f}), the predictions do "
+                         "not: totals per cell against a model of a per-atom quantity?")
+        elif scales[1] > 0.8 and scales[0] < 0.5:
+            found.append(f"the predictions grow with the atom count (correlation {scales[1]:.2f}), the targets do "
+                         "not: values per atom against a model of totals per cell?")
+    ratio = np.median(np.abs(y)) / max(np.median(np.abs(pred)), 1e-12)
+    if not 0.05 < ratio < 20:
+        found.append(f"the targets are ~{ratio:.3g} times the predictions in size: another unit or quantity?")
+    return found
+
+
+def split_of_run(checkpoint: Path) -> dict[str, set[str]]:
+    """The train and validation ids of the run a checkpoint belongs to (its run folder's split.csv), or {}."""
+    import csv
+
+    path = checkpoint.parent.parent / "split.csv" if checkpoint.parent.name == "checkpoints" else None
+    if path is None or not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {name: {r["id"] for r in rows if r.get("split") == name} for name in ("train", "val")}
 
 
 def _check_member(model, trained: TrainedModel, first: TrainedModel, ids: list, first_ids: list) -> None:
@@ -234,8 +287,10 @@ def predict_data(models: Sequence[str | Path], raw: RawDataset, atom_init: str |
         values.append(predict_outputs(trained.model, dataset, trained.transform))
     if len(values) > 1:
         log(f"ensemble of {len(values)} models: the mean of their predictions (prediction_std: their spread)")
+    ids = [str(i) for i in dataset.ids]
+    seen = {name: len(in_split.intersection(ids)) for name, in_split in split_of_run(first.path).items()}
     return Predictions(dataset.ids, np.mean(values, axis=0), first.spec, dataset.n_atoms,
-                       np.std(values, axis=0) if len(values) > 1 else None, dataset.targets)
+                       np.std(values, axis=0) if len(values) > 1 else None, dataset.targets, seen)
 
 
 def predict_structures(model: str | Path, structures, ids=None, atom_init: str | Path | None = None) -> Predictions:

@@ -19,7 +19,7 @@ from cgcnn_lab.targets import TargetTransform
 
 SPEC_VERSION = 2
 FORMAT = "cgcnn-lab"
-UNKNOWN_UNIT = "target units"  # what a model trained without --unit says
+LEGACY_UNKNOWN_UNIT = "target units"  # what models trained without --unit stored before: read as no unit
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelSpec:
     encoding: ElementEncoding | None  # None: a learned element embedding
     transform: TargetTransform | None  # regression: network output -> data unit; None for classification
     target_names: list[str] = field(default_factory=lambda: ["target"])
-    unit: str = UNKNOWN_UNIT
+    unit: str = ""  # "" when trained without --unit: values are then shown without one
     threshold: float | None = None  # classification from a continuous column: class 1 above it
     format: str = FORMAT  # "cgcnn-original" for a converted checkpoint of the original code
     version: int = SPEC_VERSION
@@ -46,8 +46,17 @@ class ModelSpec:
 
     @property
     def learned_unit(self) -> str:
-        """The unit of what the network learns: per atom for a target learned per atom."""
-        return f"{self.unit}/atom" if self.per_atom else self.unit
+        """The unit of what the network learns: per atom for a target learned per atom ("" when unknown)."""
+        return f"{self.unit}/atom" if self.per_atom and self.unit else self.unit
+
+    @property
+    def class_names(self) -> list[str]:
+        """What each class means, for plots and tables: ``band_gap ≤ 0`` / ``band_gap > 0`` for a threshold,
+        ``is_perovskite = 1`` for labels."""
+        name = self.target_names[0]
+        if self.threshold is not None:
+            return [f"{name} ≤ {self.threshold:g}", f"{name} > {self.threshold:g}"]
+        return [f"{name} = {k}" for k in range(self.n_outputs)]
 
     @property
     def n_outputs(self) -> int:
@@ -88,6 +97,15 @@ class ModelSpec:
             model=model, graph=GraphConfig(**d["graph"]),
             encoding=None if encoding is None else ElementEncoding.from_dict(encoding),
             transform=None if transform is None or model.task != "regression" else TargetTransform.from_dict(transform),
-            target_names=list(d.get("target_names") or ["target"]), unit=d.get("unit") or UNKNOWN_UNIT,
+            target_names=list(d.get("target_names") or ["target"]), unit=_unit(d.get("unit")),
             threshold=d.get("threshold"), format=d.get("format", FORMAT), version=SPEC_VERSION,
         )
+
+
+def _unit(stored: str | None) -> str:
+    return "" if stored in (None, LEGACY_UNKNOWN_UNIT) else stored
+
+
+def with_unit(text: str, unit: str) -> str:
+    """``text unit``, or ``text`` alone when the unit is unknown ("")."""
+    return f"{text} {unit}" if unit else text

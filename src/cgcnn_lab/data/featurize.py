@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cgcnn_lab.console import interactive
 from cgcnn_lab.data.fastcif import plain_cif_graph
 from cgcnn_lab.data.graph import CrystalGraph, GraphConfig, GraphError, structure_to_graph
 from cgcnn_lab.data.sources import DataError, Entry, Problem
@@ -228,7 +229,7 @@ def featurize_parts(
     chunk = max(1, min(500, len(entries) // (jobs * 4) or 1))
     chunks = [(entries[i : i + chunk], config, fast_cif) for i in range(0, len(entries), chunk)]
     bar = None
-    if progress:
+    if progress and interactive():  # a log file gets the summary line afterwards, not a redrawn bar
         from tqdm import tqdm
 
         bar = tqdm(total=len(entries), desc="featurising", unit="crystal", leave=False)

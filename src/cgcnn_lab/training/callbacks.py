@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cgcnn_lab.cpu import set_threads
 from cgcnn_lab.data.sources import DataError
 
 
@@ -42,6 +43,44 @@ class EpochMetricsCSV:
                 os.replace(tmp, self.path)
 
         return _Writer()
+
+
+class EpochLines:
+    """Lightning callback for output that is not watched live (a log file, a pipe): one plain line per epoch
+    instead of a progress bar redrawn every step."""
+
+    def __new__(cls, every: int = 1, log=print):
+        import lightning as L
+
+        class _Lines(L.Callback):
+            def __init__(self) -> None:
+                self.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
+                epoch = trainer.current_epoch + 1
+                if trainer.sanity_checking or trainer.global_rank != 0 or (epoch % every and epoch != trainer.max_epochs):
+                    return
+                m = trainer.callback_metrics
+                values = "  ".join(f"{k} {float(m[k]):.4g}" for k in
+                                   ("train_loss", "val_loss", "val_mae", "val_accuracy") if k in m)
+                log(f"epoch {epoch}/{trainer.max_epochs}  {values}  ({time.perf_counter() - self.start:.1f} s)",
+                    flush=True)
+
+        return _Lines()
+
+
+class ShareCores:
+    """Lightning callback: at the start of every epoch, use this training's share of the cores (``cpu.CoreShare``),
+    so trainings started or finished meanwhile are taken into account within an epoch."""
+
+    def __new__(cls, share):
+        import lightning as L
+
+        class _Share(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                set_threads(share.threads())
+
+        return _Share()
 
 
 def ema_callback(decay: float):

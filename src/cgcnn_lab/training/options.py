@@ -32,6 +32,9 @@ class DataOptions:
     use_cache: bool = option(True, group="data", flag="--no-cache", style="negate", factor=False,
                              help="featurise from scratch and do not write the cache")
     jobs: int = option(0, group="data", factor=False, help="featurisation processes (0: all cores for large data)")
+    threads: int = option(0, group="data", factor=False,
+                          help="CPU threads (0: this training's share of the cores: the cores it may use divided "
+                               "by the cgcnn-lab trainings running, checked every epoch)")
     stream: bool | None = option(None, group="data", style="auto", factor=False,
                                  help="read batches from the memory-mapped graph cache instead of loading it (auto: "
                                       "when the graphs would take over a quarter of the free memory)")

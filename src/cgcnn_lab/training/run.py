@@ -3,6 +3,7 @@
 The run folder holds everything a user needs afterwards::
 
     config.json            resolved options (rerun with the same numbers)
+    split.csv              id,split (train/val/test) of every crystal
     checkpoints/best.ckpt  best validation epoch (use it to predict); checkpoints/last.ckpt for --resume
     metrics.csv            one row per epoch (train/val loss and MAE or accuracy, learning rate, time)
     test_results.csv       id,target,prediction on the test split, in the target's own unit
@@ -24,15 +25,17 @@ import numpy as np
 import torch
 
 from cgcnn_lab.checkpoint import safe_load
+from cgcnn_lab.console import interactive
+from cgcnn_lab.cpu import CoreShare, set_threads
 from cgcnn_lab.data.batching import STREAM_ABOVE, PackedGraphs, PackedLoader, available_memory
 from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
 from cgcnn_lab.data.elements import choose_encoding
 from cgcnn_lab.data.sources import DataError, RawDataset, load_dataset
 from cgcnn_lab.inference import TrainedModel, load_trained
 from cgcnn_lab.model.config import ModelConfig
-from cgcnn_lab.spec import UNKNOWN_UNIT, ModelSpec
+from cgcnn_lab.spec import ModelSpec
 from cgcnn_lab.targets import TargetTransform
-from cgcnn_lab.training.callbacks import EpochMetricsCSV, ema_callback, quiet_lightning
+from cgcnn_lab.training.callbacks import EpochLines, EpochMetricsCSV, ShareCores, ema_callback, quiet_lightning
 from cgcnn_lab.training.finetune import continue_transform, degree_histogram, fine_tuning_setup, transfer_weights
 from cgcnn_lab.training.options import DataOptions, TrainOptions
 from cgcnn_lab.training.report import evaluate, summary, write_plots
@@ -65,7 +68,8 @@ def train(
     pretrained = load_trained(opts.init_from, atom_init=data.atom_init or raw.atom_init) if opts.init_from else None
     graph, model_cfg, encoding = choose_network(data, model_cfg, raw, pretrained, opts.asked, log)
     dataset = featurise(raw, data, graph, encoding, opts.progress, free_text=not raw_given, log=log)
-    split = make_split(dataset, raw, opts)
+    classes = class_labels(dataset.targets, data.threshold, str(data.source)) if model_cfg.task == "classification" else None
+    split = make_split(dataset, raw, opts, strata=classes)
     log(f"split: {split.sizes()} (split seed {opts.split_seed_value}, seed {opts.seed})")
     spec, labels = fit_targets(dataset, split, data, model_cfg, graph, encoding, pretrained, log)
     if resumed is not None:
@@ -73,10 +77,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     config = {"data": asdict(data), "model": spec.model.to_dict(), "train": asdict(opts), "split": split.sizes()}
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    split.write(out / "split.csv", dataset.ids)
 
     module, packed = build_module(spec, opts, dataset, labels, pretrained, data.stream, log)
     monitor = "val_loss" if spec.task == "classification" else "val_mae"
-    trainer = fit(module, packed, split, opts, monitor)
+    trainer = fit(module, packed, split, opts, monitor, data.threads)
     seconds = time.perf_counter() - start
     if trainer.global_rank != 0:  # data-parallel workers are done; rank 0 evaluates and writes the run folder
         return RunResult(out, {}, dataset, split, seconds)
@@ -154,12 +159,34 @@ def fit_targets(dataset: CrystalDataset, split: Split, data: DataOptions, model_
         )
         if pretrained is not None:
             transform = continue_transform(pretrained, dataset, split, data, transform, log)
+    if model_cfg.task == "regression" and not data.per_atom:
+        note_extensive(targets[split.train], dataset.n_atoms[split.train], dataset.target_names, log)
     histogram = degree_histogram(dataset, split.train) if model_cfg.convolution.needs_degree else None
     model_cfg = replace(model_cfg, n_outputs=n_outputs, radius=graph.radius, gaussian_step=graph.gaussian_step,
                         gaussian_width=graph.gaussian_width, degree_histogram=histogram)
     spec = ModelSpec(model_cfg, graph, encoding, transform, list(dataset.target_names),
-                     data.unit or UNKNOWN_UNIT, data.threshold)
+                     data.unit or "", data.threshold)
+    if spec.task == "classification":
+        log(class_balance(spec.class_names, labels))
     return spec, trained_on
+
+
+def class_balance(names: list[str], labels: np.ndarray) -> str:
+    counts = np.bincount(labels, minlength=len(names))
+    return "classes: " + ", ".join(f"{name}: {n} ({n / len(labels):.0%})" for name, n in zip(names, counts))
+
+
+def note_extensive(targets: np.ndarray, n_atoms: np.ndarray, names, log) -> None:
+    """Say so when a target grows with the cell (a total energy, say): learned per cell, its errors are mostly the
+    atom count; ``--per-atom`` learns it per atom and scales back, as the course's total energies need."""
+    if len(n_atoms) < 10 or n_atoms.std() == 0:
+        return
+    for k, name in enumerate(names):
+        y = targets[:, k]
+        if y.std() > 0 and abs(np.corrcoef(y, n_atoms)[0, 1]) > 0.8:
+            r = np.corrcoef(y, n_atoms)[0, 1]
+            log(f"note: {name} scales with the number of atoms in the cell (correlation {r:+.2f}): a total per "
+                "cell? --per-atom learns it per atom and scales back, which is usually far more accurate")
 
 
 def check_resumable(out: Path, saved: dict, spec: ModelSpec) -> None:
@@ -188,7 +215,10 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
         copied = transfer_weights(pretrained.model, module.model, opts.freeze_convs)
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
     m = spec.model
-    learned = "labels" if spec.transform is None else spec.learned_unit
+    learned = "class labels"
+    if spec.transform is not None:
+        learned = ", ".join(spec.target_names) + (" per atom" if spec.per_atom else "")
+        learned += f" ({spec.learned_unit})" if spec.unit else " (no --unit given: errors are shown without one)"
     log(f"model: {m.conv} conv x{m.n_conv if m.conv != 'none' else 0}, {module.model.n_parameters():,} parameters; "
         f"learning {learned}")
     packed = PackedGraphs(dataset.graphs, trained_on, collapse=module.model.merges_graphs, stream=stream)
@@ -202,8 +232,9 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
     return module, packed
 
 
-def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor: str):
-    """Lightning's fit with best/last checkpoints, metrics.csv, early stopping and the weight average."""
+def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor: str, threads: int = 0):
+    """Lightning's fit with best/last checkpoints, metrics.csv, early stopping and the weight average, on
+    ``threads`` CPU threads (0: this training's share of the cores, see ``cpu.py``)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -219,6 +250,14 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=opts.patience))
     if opts.ema:
         callbacks.append(ema_callback(opts.ema))
+    share = CoreShare()
+    if threads:
+        set_threads(threads)
+    else:
+        callbacks.append(ShareCores(share))
+    live = opts.progress and interactive()
+    if opts.progress and not live:  # a log file: a line every ~10th of the run instead of a redrawn bar
+        callbacks.append(EpochLines(every=max(1, opts.epochs // 10)))
     if not opts.resume and (out / "metrics.csv").exists():
         (out / "metrics.csv").unlink()
     trainer = L.Trainer(
@@ -226,7 +265,7 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
         strategy=opts.strategy, num_nodes=opts.num_nodes, precision=opts.precision,
         # bit-reproducible on CPU; CUDA's index_add (the neighbour sums) has no deterministic kernel
         logger=False, deterministic=opts.accelerator == "cpu", enable_model_summary=False,
-        enable_progress_bar=opts.progress, num_sanity_val_steps=0, default_root_dir=str(out),
+        enable_progress_bar=live, num_sanity_val_steps=0, default_root_dir=str(out),
     )
     train_loader = PackedLoader(packed, split.train, opts.batch_size, shuffle=True, seed=opts.seed)
     val_loader = PackedLoader(packed, split.val, max(opts.batch_size, 256))
@@ -236,7 +275,7 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        with warnings.catch_warnings():
+        with share, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance|exists and is not empty).*")
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_dir / "last.ckpt") if opts.resume else None)
     finally:

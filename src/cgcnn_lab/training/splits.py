@@ -22,6 +22,17 @@ class Split:
     def sizes(self) -> str:
         return f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}"
 
+    def write(self, path: Path, ids: np.ndarray) -> None:
+        """``split.csv`` of a run folder (id,split): ``predict`` reads it to warn when it is asked to score
+        crystals the model was trained on (``inference.split_of_run``)."""
+        import csv
+
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["id", "split"])
+            for name in ("train", "val", "test"):
+                writer.writerows((str(ids[i]), name) for i in getattr(self, name))
+
 
 def _counts(n: int, val_ratio: float, test_ratio: float, train_ratio: float | None) -> tuple[int, int, int]:
     n_val, n_test = round(val_ratio * n), round(test_ratio * n)
@@ -30,9 +41,11 @@ def _counts(n: int, val_ratio: float, test_ratio: float, train_ratio: float | No
 
 
 def ratio_split(
-    n: int, train_ratio: float | None = None, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0
+    n: int, train_ratio: float | None = None, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> Split:
-    """Shuffle with ``seed`` and cut; ``train_ratio=None`` gives the training split everything left over."""
+    """Shuffle with ``seed`` and cut; ``train_ratio=None`` gives the training split everything left over.
+    With ``strata`` (class labels), each class is cut in the same proportions (a stratified split)."""
     for name, r in (("val", val_ratio), ("test", test_ratio), ("train", train_ratio or 0.0)):
         if not 0 <= r <= 1:
             raise ValueError(f"{name} ratio must be in [0, 1], got {r}")
@@ -41,8 +54,30 @@ def ratio_split(
     n_train, n_val, n_test = _counts(n, val_ratio, test_ratio, train_ratio)
     if n_train < 1 or n_val < 1:
         raise DataError(f"{n} crystals are too few for a split with a non-empty training and validation set")
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
+    if strata is not None:
+        return _stratified(strata, (n_train, n_val, n_test), rng)
+    order = rng.permutation(n)
     return Split(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val : n_train + n_val + n_test])
+
+
+def _stratified(strata: np.ndarray, sizes: tuple[int, int, int], rng: np.random.Generator) -> Split:
+    """Each class split in the proportions ``sizes`` (largest remainders keep the totals exact), then shuffled."""
+    classes, counts = np.unique(strata, return_counts=True)
+    n = len(strata)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    shares = np.outer(counts, sizes[1:]) / n  # val and test members of each class
+    taken = np.floor(shares).astype(int)
+    for k, need in enumerate(sizes[1:]):  # hand the remaining places to the largest remainders
+        order = np.argsort(-(shares[:, k] - taken[:, k]), kind="stable")
+        taken[order[: need - taken[:, k].sum()], k] += 1
+    for c, (n_val, n_test) in zip(classes, taken):
+        members = rng.permutation(np.flatnonzero(strata == c))
+        cuts = [members[n_val + n_test :], members[:n_val], members[n_val : n_val + n_test]]
+        for part, cut in zip(parts, cuts):
+            part.append(cut)
+    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    return Split(train[: sizes[0]], val, test)
 
 
 def read_id_list(path: str | Path) -> list[str]:
@@ -103,8 +138,9 @@ def _fold_number(where: str, value: object, column: str) -> int:
     raise DataError(f"{where}: fold column '{column}' holds {value!r}, not an integer fold number")
 
 
-def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> Split:
-    """The split the options ask for: a fold column, id lists, or seeded ratios."""
+def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions, strata: np.ndarray | None = None) -> Split:
+    """The split the options ask for: a fold column, id lists, or seeded ratios (stratified by ``strata``, the
+    class labels of a classification run, so that every split has the classes in the same proportions)."""
     if opts.fold_col:
         if opts.test_fold is None:
             raise DataError("--fold-col needs --test-fold K")
@@ -116,4 +152,4 @@ def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions) -> 
             raise DataError("explicit splits need at least --train-ids and --val-ids")
         lists = [read_id_list(p) if p else [] for p in (opts.train_ids, opts.val_ids, opts.test_ids)]
         return id_split(list(dataset.ids), *lists)
-    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value)
+    return ratio_split(len(dataset), opts.train_ratio, opts.val_ratio, opts.test_ratio, opts.split_seed_value, strata)
