@@ -98,6 +98,9 @@ def resolve_checkpoint(model: str | Path) -> Path:
         if not best.is_file() and (path / "id_prop.csv").exists():
             raise CheckpointError(f"{path} is a data folder (it has id_prop.csv), not a model; {MODEL_ARGUMENT} "
                                   "(the model comes first: cgcnn-lab predict MODEL DATA)")
+        if not best.is_file() and (path / "fold0" / "checkpoints" / "best.ckpt").is_file():
+            raise CheckpointError(f"{path} is a cross-validation: its models are {path}/fold0, fold1, ...; predict "
+                                  f"with one, or with all as an ensemble: {path}/fold0 DATA --ensemble {path}/fold1 ...")
         if not best.is_file():
             raise CheckpointError(f"{path}: run folder without checkpoints/best.ckpt (did training finish an epoch?)")
         return best

@@ -323,6 +323,11 @@ def ranking(results: pd.DataFrame) -> Ranking:
     return Ranking(select, select_name, lower, test, test_name, unit, per_atom)
 
 
+def _curve_files(run: Path) -> list[Path]:
+    """A run's metrics.csv; for a cross-validation (``--folds``), its folds'."""
+    return [run / "metrics.csv"] if (run / "metrics.csv").exists() else sorted(run.glob("fold*/metrics.csv"))
+
+
 def _headline(row: dict) -> str:
     """One run's result for the progress log: validation (what ranks) and test."""
     r = ranking(pd.DataFrame([row]))
@@ -396,7 +401,8 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
     ax = fig.subplots()
     for variant in shown:
         runs = results.loc[results.variant == variant.name, "run"]
-        curves = [c for c in (pd.read_csv(Path(r) / "metrics.csv") for r in runs) if curve_metric in c]
+        files = [f for r in runs for f in _curve_files(Path(r))]
+        curves = [c for c in (pd.read_csv(f) for f in files) if curve_metric in c]
         if not curves:
             continue
         n = min(len(c) for c in curves)

@@ -203,6 +203,21 @@ class Predictions:
         return lines
 
 
+    def confusion(self) -> list[list[int]] | None:
+        """Classification counts, rows the true class and columns the most probable one (None without labels)."""
+        labels = self.labels
+        if labels is None:
+            return None
+        k = self.values.shape[1]
+        counts = np.bincount(labels * k + self.values.argmax(1), minlength=k * k) if len(labels) else np.zeros(k * k)
+        return counts.reshape(k, k).astype(int).tolist()
+
+    def subset(self, mask: np.ndarray) -> Predictions:
+        """The predictions of the crystals where ``mask`` is True (e.g. the ABO3 members of a test split)."""
+        pick = (lambda a: None if a is None else a[mask])
+        return Predictions(self.ids[mask], self.values[mask], self.spec, self.n_atoms[mask], pick(self.spread),
+                           pick(self.targets))
+
     def warnings(self) -> list[str]:
         """What makes the scores misleading: crystals the model was trained on, or targets that cannot be the
         model's quantity (a total per cell against a per-atom model, another scale, R² below zero)."""

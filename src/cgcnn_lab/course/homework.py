@@ -818,6 +818,29 @@ def energy_dataset(data: Path, n: int | None = None, seed: int = 0):
     return _demo_raw(count, seed, "energy"), "GENERATED perovskites: Ewald energy of the cell, eV (not DFT)"
 
 
+ABO3_PROBES = {  # formula -> is it ABO3?, and what a wrong answer on it teaches
+    "SrTiO3": (True, "the textbook perovskite"),
+    "CaIrO3": (True, "a post-perovskite, but ABO3 all the same: the formula cannot tell"),
+    "Sr2Ti2O6": (True, "the same as SrTiO3 once reduced: use Composition(formula).reduced_composition"),
+    "Sr2TiO4": (False, "A2BO4 (Ruddlesden-Popper), not ABO3"),
+    "SrTi2O6": (False, "A:B is 1:2 here, so not ABO3 even though it has O6 (it reduces to nothing smaller)"),
+    "Ti2O3": (False, "two elements only: an ABO3 needs two different cations"),
+    "BaO3": (False, "one cation only"),
+    "LiNbO3": (True, "ABO3 (it is not a perovskite, which is the point of the ABO3 subset)"),
+}
+
+
+def check_abo3(is_abo3, raise_on_fail: bool = True) -> CheckResult:
+    """``is_abo3(formula)`` on formulas chosen to catch the usual slips (unreduced formulas, A:B ratios)."""
+    for formula, (want, why) in ABO3_PROBES.items():
+        got = is_abo3(formula)
+        if not isinstance(got, (bool, np.bool_)):
+            return _verdict(False, f"is_abo3({formula!r}) returned {got!r}; return True or False", raise_on_fail)
+        if bool(got) != want:
+            return _verdict(False, f"is_abo3({formula!r}) should be {want}: {why}", raise_on_fail)
+    return _verdict(True, f"is_abo3 is right on {len(ABO3_PROBES)} test formulas", raise_on_fail)
+
+
 def bandgap_dataset(data: Path, n: int | None = None, seed: int = 0):
     """``(raw, threshold, description)``: the course band gaps (metal = gap 0), else Castelli's, else generated."""
     from cgcnn_lab.data.sources import load_dataset

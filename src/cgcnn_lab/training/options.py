@@ -83,7 +83,14 @@ class TrainOptions:
     fold_col: str | None = option(None, group="split", factor=False,
                                   help="table column with fold numbers (e.g. matbench_fold)")
     test_fold: int | None = option(None, group="split", factor=False,
-                                   help="fold used as the test set (with --fold-col)")
+                                   help="fold used as the test set (with --fold-col, or one fold of --folds)")
+    folds: int = option(0, group="split", factor=False, metavar="K",
+                        help="K-fold cross-validation: K runs (fold0 ... in --out), each fold the test set once, "
+                             "stratified for classification; the pooled out-of-fold predictions score every crystal "
+                             "once (0: off)")
+    report_subset: list[str] = option(group="split", metavar="FORMULA", factor=False, default_factory=list,
+                                      help="also score the test crystals whose reduced formula fits a pattern, e.g. "
+                                           "ABO3 or A2BO4 (A, B, M, X: any element, each a different one); repeatable")
     epochs: int = option(200, group="training", help="training epochs (default 200)")
     batch_size: int = option(64, group="training", help="crystals per batch (default 64)")
     optimizer: str = option("adamw", group="training", choices=["adam", "adamw", "sgd"], help="optimiser")

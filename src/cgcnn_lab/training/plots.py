@@ -118,3 +118,21 @@ def roc_curve(labels: np.ndarray, probability: np.ndarray, path: Path, title: st
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def confusion(counts: list[list[int]], names: list[str], path: Path, title: str) -> Path:
+    """Confusion matrix: rows the true class, columns the predicted one, each cell with its count."""
+    m = np.asarray(counts)
+    fig = Figure(figsize=(4.6, 4.0), dpi=120)
+    ax = fig.subplots()
+    ax.imshow(m, cmap="Blues")
+    for (i, j), n in np.ndenumerate(m):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > m.max() / 2 else "black")
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8, rotation=90, va="center")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -4,19 +4,23 @@ The table and the scores are ``predict``'s own (``Predictions``), so a run and a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cgcnn_lab.data.dataset import CrystalDataset
+from cgcnn_lab.data.formula import subset_mask
 from cgcnn_lab.inference import Predictions, load_trained, predict_outputs
 from cgcnn_lab.training import plots
 from cgcnn_lab.training.splits import Split
 
 
-def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, info: dict) -> tuple[dict, Predictions]:
+def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, info: dict,
+             subsets: Sequence[str] = ()) -> tuple[dict, Predictions, dict[str, Predictions]]:
     """Predict the test split (the validation split when there is none) with checkpoints/best.ckpt, in the
-    target's own unit; write test_results.csv and metrics.json. ``info``: run facts kept in metrics.json."""
+    target's own unit; write test_results.csv and metrics.json. ``info``: run facts kept in metrics.json;
+    ``subsets``: formula patterns (ABO3) whose members are also scored on their own."""
     best = load_trained(out / "checkpoints" / "best.ckpt")
     eval_idx, eval_name = (split.test, "test") if len(split.test) else (split.val, "val")
     targets = None if dataset.targets is None else dataset.targets[eval_idx]
@@ -28,9 +32,32 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
     if best.spec.per_atom:
         metrics["unit_per_atom"] = best.spec.learned_unit or None
+    parts = subset_predictions(pred, dataset, eval_idx, subsets)
+    metrics |= subset_metrics(parts) | class_counts(pred)
     pred.to_csv(out / "test_results.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics, pred
+    return metrics, pred, parts
+
+
+def subset_predictions(pred: Predictions, dataset: CrystalDataset, idx, patterns: Sequence[str]) -> dict:
+    """{pattern: the predictions of the crystals ``idx`` of ``dataset`` whose formula fits it}."""
+    g = dataset.graphs
+    return {p: pred.subset(subset_mask(p, g.z, g.atom_ptr)[idx]) for p in patterns}
+
+
+def class_counts(pred: Predictions) -> dict:
+    """The confusion matrix and what each class means, for metrics.json (classification only)."""
+    confusion = pred.confusion()
+    return {} if confusion is None else {"test_confusion": confusion, "classes": pred.spec.class_names}
+
+
+def subset_metrics(parts: dict[str, Predictions]) -> dict:
+    """Flat metrics.json entries (``test_accuracy_ABO3``, ``n_test_ABO3``): compare's results.csv keeps them."""
+    flat = {}
+    for pattern, part in parts.items():
+        flat[f"n_test_{pattern}"] = len(part)
+        flat |= {f"test_{k}_{pattern}": v for k, v in (part.scores() or {}).items()}
+    return flat
 
 
 def _best(path: Path, monitor: str) -> tuple[int | None, float | None]:
@@ -57,6 +84,8 @@ def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> N
             plots.learning_curve(metrics, "accuracy", "accuracy", out / "accuracy.png")
     y, values = pred.targets, pred.values
     if not regression:
+        if pred.labels is not None:
+            plots.confusion(pred.confusion(), spec.class_names, out / "confusion.png", f"{eval_name} split")
         if values.shape[1] == 2 and pred.labels is not None:
             plots.roc_curve(pred.labels, values[:, 1], out / "roc.png", f"{eval_name} split ROC",
                             positive=spec.class_names[1])
@@ -67,11 +96,24 @@ def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> N
         plots.parity(y, values, unit, f"{eval_name} split", out / "parity.png")
 
 
-def summary(out: Path, metrics: dict, pred: Predictions) -> str:
+def summary(out: Path, metrics: dict, pred: Predictions, parts: dict[str, Predictions] | None = None) -> str:
     """The one-screen summary printed at the end of a run."""
     lines = ["", f"run folder: {out}"]
     scores = pred.score_lines(prefix=f"{metrics['split']} ")
     lines += [scores[0] + f"   ({metrics['n_test']} crystals)", *scores[1:]] if scores else []
-    lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
-    lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
+    for pattern, part in (parts or {}).items():
+        scores = part.score_lines(prefix=f"{metrics['split']} {pattern} ") if len(part) else []
+        lines += [scores[0] + f"   ({len(part)} crystals)", *scores[1:]] if scores else [f"no {pattern} crystals"]
+    if "test_confusion" in metrics:
+        lines.append(f"confusion (rows: true {' / '.join(metrics['classes'])}; columns: predicted): "
+                     f"{metrics['test_confusion']}")
+    if "folds" in metrics:
+        lines.append(f"{metrics['folds']} folds, every crystal tested once; {metrics['seconds']:.1f} s of training")
+    else:
+        lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
+    if "folds" in metrics:  # the fold models together are an ensemble trained on all the data
+        others = " ".join(str(out / f"fold{k}") for k in range(1, metrics["folds"]))
+        lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --ensemble {others} --out predictions.csv")
+    else:
+        lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ The run folder holds everything a user needs afterwards::
 
     config.json            resolved options (rerun with the same numbers)
     split.csv              id,split (train/val/test) of every crystal
+    fold0/ ... fold{K-1}/  with --folds K: one such run per fold; the folder's own files pool their test splits
     checkpoints/best.ckpt  best validation epoch (use it to predict); checkpoints/last.ckpt for --resume
     metrics.csv            one row per epoch (train/val loss and MAE or accuracy, learning rate, time)
     test_results.csv       id,target,prediction on the test split, in the target's own unit
@@ -30,6 +31,7 @@ from cgcnn_lab.cpu import CoreShare, set_threads
 from cgcnn_lab.data.batching import STREAM_ABOVE, PackedGraphs, PackedLoader, available_memory
 from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
 from cgcnn_lab.data.elements import choose_encoding
+from cgcnn_lab.data.formula import parse_pattern
 from cgcnn_lab.data.sources import DataError, RawDataset, load_dataset
 from cgcnn_lab.inference import TrainedModel, load_trained
 from cgcnn_lab.model.config import ModelConfig
@@ -59,6 +61,12 @@ def train(
     ``raw`` replaces ``data.source`` when given (e.g. ``from_structures(...)`` from Python).
     """
     quiet_lightning()
+    for pattern in opts.report_subset:  # a typo stops the run now, not after training
+        parse_pattern(pattern)
+    if opts.folds and opts.test_fold is None:
+        from cgcnn_lab.training.crossval import cross_validate
+
+        return cross_validate(data, model_cfg, opts, raw, log)
     start, out = time.perf_counter(), Path(opts.out)
     resumed = check_run_folder(out, opts.resume)  # every check happens before the first epoch
     raw_given = raw is not None
@@ -87,9 +95,9 @@ def train(
         return RunResult(out, {}, dataset, split, seconds)
     info = {"seconds": round(seconds, 2), "epochs_run": int(trainer.current_epoch),
             "n_parameters": module.model.n_parameters()}
-    metrics, pred = evaluate(out, dataset, split, monitor, info)
+    metrics, pred, parts = evaluate(out, dataset, split, monitor, info, opts.report_subset)
     write_plots(out, monitor, pred, metrics["split"])
-    log(summary(out, metrics, pred))
+    log(summary(out, metrics, pred, parts))
     return RunResult(out, metrics, dataset, split, time.perf_counter() - start)
 
 

@@ -138,9 +138,27 @@ def _fold_number(where: str, value: object, column: str) -> int:
     raise DataError(f"{where}: fold column '{column}' holds {value!r}, not an integer fold number")
 
 
+def kfold_assignment(n: int, k: int, seed: int = 0, strata: np.ndarray | None = None) -> np.ndarray:
+    """A fold number 0..k-1 per crystal for k-fold cross-validation, drawn with ``seed``; with ``strata`` (class
+    labels) every fold holds each class in the same proportion (fold sizes differ by at most one)."""
+    if not 2 <= k <= n:
+        raise DataError(f"--folds {k}: cross-validation needs between 2 and {n} folds")
+    rng = np.random.default_rng(seed)
+    strata = np.zeros(n, dtype=np.int64) if strata is None else np.asarray(strata)
+    order = np.concatenate([rng.permutation(np.flatnonzero(strata == c)) for c in np.unique(strata)])
+    folds = np.empty(n, dtype=np.int64)
+    folds[order] = np.arange(n) % k  # dealt round-robin, class after class: each class spread evenly
+    return folds
+
+
 def make_split(dataset: CrystalDataset, raw: RawDataset, opts: TrainOptions, strata: np.ndarray | None = None) -> Split:
     """The split the options ask for: a fold column, id lists, or seeded ratios (stratified by ``strata``, the
     class labels of a classification run, so that every split has the classes in the same proportions)."""
+    if opts.folds:
+        if opts.test_fold is None:
+            raise DataError("--folds K trains one run per fold (cgcnn_lab.training.crossval); one run needs --test-fold")
+        folds = kfold_assignment(len(dataset), opts.folds, opts.split_seed_value, strata)
+        return fold_split(folds, opts.test_fold, opts.val_ratio, opts.split_seed_value)
     if opts.fold_col:
         if opts.test_fold is None:
             raise DataError("--fold-col needs --test-fold K")

@@ -1,0 +1,89 @@
+"""Perovskite oxides vs other oxides, 5-fold cross-validation (BENCHMARKS.md and docs/experiments.md, "Perovskites
+vs other oxides").
+
+    .venv/bin/cgcnn-lab compare ../shared/data/perovskite_vs_oxides.csv.gz --target is_perovskite \\
+        --task classification --folds 5 --report-subset ABO3 --grid conv=gated,shared,none --seeds 3 --epochs 60 \\
+        --parallel 2 --out runs/pvo-cv
+    .venv/bin/python bench/perovskite_classification.py runs/pvo-cv
+
+Prints, as markdown: the baselines (majority class; the rule "ABO3 means perovskite"), every variant's pooled
+out-of-fold accuracy overall and on the 974 ABO3 members (mean ± std over seeds; every crystal tested once per
+seed), and every crystal the best variant (chosen on validation) gets wrong in any seed, with its formula, space
+group and label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT.parent / "shared" / "data" / "perovskite_vs_oxides.csv.gz"
+
+
+def abo3(formulas: pd.Series) -> np.ndarray:
+    """Which formulas are ABO3, by the same pattern matcher as ``--report-subset ABO3``."""
+    from pymatgen.core import Composition
+
+    from cgcnn_lab.data.formula import subset_mask
+
+    atoms, ptr = [], [0]
+    for f in formulas:
+        atoms += [el.Z for el, n in Composition(f).items() for _ in range(round(n))]
+        ptr.append(len(atoms))
+    return subset_mask("ABO3", np.array(atoms), np.array(ptr))
+
+
+def space_group(cif: str) -> str:
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    s = Structure.from_str(cif, fmt="cif")
+    sga = SpacegroupAnalyzer(s, symprec=0.1)
+    return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("compare", type=Path, help="the compare folder (runs/pvo-cv)")
+    args = parser.parse_args()
+    table = pd.read_csv(TABLE, dtype={"id": str}).set_index("id")
+    y, member = table["is_perovskite"].to_numpy(), abo3(table["formula"])
+    print(f"{len(table)} crystals, {y.sum()} perovskites; {member.sum()} ABO3 members ({y[member].sum()} perovskites)\n")
+    print("| model | seeds | accuracy, all (5-fold, pooled) | accuracy, ABO3 members | ROC-AUC, all |")
+    print("|---|---|---|---|---|")
+    majority = int(np.bincount(y).argmax())
+    for name, pred in (("majority class", np.full(len(y), majority)), ("rule: ABO3 means perovskite", member)):
+        print(f"| {name} | – | {(pred == y).mean():.4f} | {(pred == y)[member].mean():.4f} | – |")
+    results = pd.read_csv(args.compare / "results.csv")
+    ranked = results.groupby("variant", sort=False).agg(
+        val=("best_val_loss", "mean"), acc=("test_accuracy", "mean"), acc_sd=("test_accuracy", "std"),
+        abo3=("test_accuracy_ABO3", "mean"), abo3_sd=("test_accuracy_ABO3", "std"), auc=("test_auc", "mean"),
+        n=("seed", "size")).sort_values("val")
+    for variant, r in ranked.iterrows():
+        print(f"| CGCNN {variant} | {r.n} | {r.acc:.4f} ± {r.acc_sd:.4f} | {r.abo3:.4f} ± {r.abo3_sd:.4f} | "
+              f"{r.auc:.4f} |")
+    best = ranked.index[0]
+    runs = results.loc[results.variant == best, "run"]
+    wrong: dict[str, list[float]] = {}
+    for run in runs:
+        frame = pd.read_csv(Path(run) / "test_results.csv", dtype={"id": str})
+        for row in frame[frame.prediction != frame.target].itertuples():
+            wrong.setdefault(row.id, []).append(row.p1)
+    print(f"\nBest on validation: {best}. Crystals it gets wrong (in how many of its {len(runs)} seeds):\n")
+    print("| id | formula | space group | ABO3 | label | wrong in | p(perovskite) |")
+    print("|---|---|---|---|---|---|---|")
+    where = dict(zip(table.index, member))
+    for crystal, p1 in sorted(wrong.items(), key=lambda kv: -len(kv[1])):
+        row = table.loc[crystal]
+        print(f"| {crystal} | {row.formula} | {space_group(row.cif)} | {'yes' if where[crystal] else 'no'} | "
+              f"{'perovskite' if row.is_perovskite else 'other'} | {len(p1)}/{len(runs)} | {np.mean(p1):.2f} |")
+    print("\n" + json.dumps({"best": best, "wrong": len(wrong)}))
+
+
+if __name__ == "__main__":
+    main()
