@@ -394,3 +394,27 @@ def test_neighbors_missing_images_and_both_causes(nacl):
 def test_neighbors_empty_list_names_the_nearest_distance(nacl):
     message = _message(hw.check_neighbors(_pairs(nacl, 1.0), nacl, 6.0, raise_on_fail=False))
     assert "empty" in message and "2.820" in message
+
+
+def test_abo3_checker_teaches_reduction_and_ratios():
+    from pymatgen.core import Composition
+
+    def unreduced(formula):  # forgets to reduce: Sr2Ti2O6 is SrTiO3
+        amounts = Composition(formula).get_el_amt_dict()
+        return amounts.pop("O", 0) == 3 and sorted(amounts.values()) == [1, 1]
+
+    with pytest.raises(hw.HomeworkCheckError, match="reduced_composition"):
+        hw.check_abo3(unreduced)
+
+    def oxygen_only(formula):  # looks at oxygen alone
+        return Composition(formula).reduced_composition.get_el_amt_dict().get("O") == 3
+
+    with pytest.raises(hw.HomeworkCheckError, match="cation"):
+        hw.check_abo3(oxygen_only)
+    assert not hw.check_abo3(lambda f: "yes", raise_on_fail=False).ok
+
+    def right(formula):
+        amounts = Composition(formula).reduced_composition.get_el_amt_dict()
+        return amounts.pop("O", 0) == 3 and sorted(amounts.values()) == [1, 1]
+
+    assert hw.check_abo3(right).ok

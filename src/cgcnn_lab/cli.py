@@ -160,7 +160,7 @@ def cmd_explain(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     spec = trained.spec
-    unit = "log-odds" if spec.transform is None else spec.learned_unit or "target's unit"
+    unit = f"log-odds of {spec.class_names[-1]}" if spec.transform is None else spec.learned_unit or "target's unit"
     crystal = args.structure or str(frame["id"].iloc[0])
     plot = plot_contributions(frame, crystal, unit, out.with_name(f"{out.stem}_{crystal}.png"))
     print(f"wrote {len(frame)} site contributions ({unit}) of {frame['id'].nunique()} crystals to {out}; plot {plot}")

@@ -57,22 +57,23 @@ def site_contributions(trained: TrainedModel, dataset, batch_size: int = 256) ->
 def plot_contributions(frame: pd.DataFrame, crystal_id: str, unit: str, path: Path) -> Path:
     """Bar chart of one crystal's site contributions, coloured by element."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     rows = frame[frame["id"].astype(str) == str(crystal_id)]
     if rows.empty:
         raise ValueError(f"no crystal with id {crystal_id!r} in the explained data")
     elements = list(dict.fromkeys(rows["element"]))
     colours = {e: f"C{k % 10}" for k, e in enumerate(elements)}
-    fig = Figure(figsize=(max(4.5, 0.28 * len(rows) + 2), 3.8), dpi=120)
+    fig = Figure(figsize=(max(4.5, 0.28 * len(rows) + 2), 4.2), dpi=120)
     ax = fig.subplots()
     ax.bar(rows["site"], rows["contribution"], color=[colours[e] for e in rows["element"]])
-    ax.axhline(rows["crystal_value"].iloc[0], color="0.3", lw=1, ls="--", label="crystal (pooled)")
-    for e in elements:
-        ax.bar([], [], color=colours[e], label=e)
+    line = ax.axhline(rows["crystal_value"].iloc[0], color="0.3", lw=1, ls="--", label="crystal (pooled)")
     ax.set_xlabel("site")
     ax.set_ylabel(f"contribution ({unit})")
     ax.set_title(f"per-site contributions of {crystal_id}", fontsize=10)
-    ax.legend(fontsize=8, ncol=min(len(elements) + 1, 5))
+    handles = [line, *(Patch(color=colours[e], label=e) for e in elements)]
+    ax.legend(handles=handles, fontsize=8, ncol=min(len(handles), 5), loc="upper center",
+              bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     return path
