@@ -52,7 +52,7 @@ def run_together(n: int, name: str, epochs: int | None, out: Path) -> list[float
         shutil.rmtree(folder, ignore_errors=True)
         cmd = [*CLI, "train", str(COURSE), "--per-atom", "--unit", "eV", "--seed", str(k), "--out", str(folder),
                *flags, *(["--epochs", str(epochs)] if epochs else [])]
-        log = open(folder.with_suffix(".log"), "w")
+        log = open(folder.with_suffix(".log"), "w")  # noqa: SIM115  open while the process runs; closed below
         procs.append((time.perf_counter(), subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     times = []
     for start, proc, log in procs:
