@@ -64,7 +64,8 @@ def safe_load(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
 
-MODEL_ARGUMENT = "a model is a run folder, a .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)"
+MODEL_ARGUMENT = ("a model is a run folder, a .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar) "
+                  "(the model comes first: cgcnn-lab predict MODEL DATA)")
 
 
 def _check_looks_like_checkpoint(path: Path) -> None:
@@ -86,8 +87,7 @@ def _check_looks_like_checkpoint(path: Path) -> None:
         else:
             kind = "a CSV table" if "," in first else "a text file"
             what = f"{kind} (first line: {first[:60]!r})"
-    raise CheckpointError(f"{path} is {what}, not a model; {MODEL_ARGUMENT} (the model comes first: "
-                          "cgcnn-lab predict MODEL DATA)")
+    raise CheckpointError(f"{path} is {what}, not a model; {MODEL_ARGUMENT}")
 
 
 def resolve_checkpoint(model: str | Path) -> Path:
@@ -95,13 +95,12 @@ def resolve_checkpoint(model: str | Path) -> Path:
     path = Path(model)
     if path.is_dir():
         best = path / "checkpoints" / "best.ckpt"
-        if not best.is_file() and (path / "id_prop.csv").exists():
-            raise CheckpointError(f"{path} is a data folder (it has id_prop.csv), not a model; {MODEL_ARGUMENT} "
-                                  "(the model comes first: cgcnn-lab predict MODEL DATA)")
-        if not best.is_file() and (path / "fold0" / "checkpoints" / "best.ckpt").is_file():
+        if best.is_file():
+            return best
+        if (path / "id_prop.csv").exists():
+            raise CheckpointError(f"{path} is a data folder (it has id_prop.csv), not a model; {MODEL_ARGUMENT}")
+        if (path / "fold0" / "checkpoints" / "best.ckpt").is_file():
             raise CheckpointError(f"{path} is a cross-validation: its models are {path}/fold0, fold1, ...; predict "
                                   f"with one, or with all as an ensemble: {path}/fold0 DATA --ensemble {path}/fold1 ...")
-        if not best.is_file():
-            raise CheckpointError(f"{path}: run folder without checkpoints/best.ckpt (did training finish an epoch?)")
-        return best
+        raise CheckpointError(f"{path}: run folder without checkpoints/best.ckpt (did training finish an epoch?)")
     return path

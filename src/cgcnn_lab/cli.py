@@ -127,8 +127,7 @@ def cmd_predict(args) -> int:
 
     start = time.perf_counter()
     data = options(DataOptions, args, source=args.data)
-    if data.threads:
-        set_threads(data.threads)
+    set_threads(data.threads)
     pred = predict_data([args.model, *args.ensemble], _read(args), args.atom_init, data.cache_dir, data.use_cache,
                         data.strict, data.jobs, data.stream)
     for line in pred.score_lines():
@@ -149,8 +148,7 @@ def cmd_explain(args) -> int:
     from cgcnn_lab.inference import load_trained
 
     data = options(DataOptions, args, source=args.data)
-    if data.threads:
-        set_threads(data.threads)
+    set_threads(data.threads)
     raw = _read(args)
     trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
     dataset = build_dataset(raw, trained.graph_config, trained.encoding, data.cache_dir, data.use_cache, data.strict,

@@ -25,12 +25,12 @@ def available_cores() -> int:
 
 
 def set_threads(threads: int) -> int:
-    """Use ``threads`` CPU threads for PyTorch's kernels; returns the number."""
+    """Use ``threads`` CPU threads for PyTorch's kernels (0: leave the number as it is); returns the number."""
     import torch
 
-    if torch.get_num_threads() != threads:
+    if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return threads
+    return torch.get_num_threads()
 
 
 class CoreShare:

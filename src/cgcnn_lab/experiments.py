@@ -22,7 +22,7 @@ import pandas as pd
 
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.optionfield import factor_name, options_of, parse_value, text_of
-from cgcnn_lab.spec import LEGACY_UNKNOWN_UNIT
+from cgcnn_lab.spec import LEGACY_UNKNOWN_UNIT, in_unit, with_unit
 from cgcnn_lab.training.finetune import fine_tuning_setup, non_default_options
 from cgcnn_lab.training.options import DataOptions, TrainOptions
 
@@ -227,10 +227,11 @@ def compare(
     results = results.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
     results.to_csv(out / "results.csv", index=False)
     summary = summarize(results)
-    (out / "summary.md").write_text(summary_markdown(summary, ranking(results)))
+    table = summary_markdown(summary, ranking(results))
+    (out / "summary.md").write_text(table)
     figures = make_plots(out, results, summary, variants)
     write_report(out, results, summary, figures, variants, seeds, time.perf_counter() - start)
-    log(summary_markdown(summary, ranking(results)))
+    log(table)
     return results
 
 
@@ -271,11 +272,11 @@ class Ranking:
     @property
     def select_label(self) -> str:
         """An axis label: ``validation MAE per atom (eV/atom)``, without a unit when unknown."""
-        return _in_unit(self.select_name, self.unit)
+        return in_unit(self.select_name, self.unit)
 
     @property
     def test_label(self) -> str:
-        return _in_unit(self.test_name, self.unit)
+        return in_unit(self.test_name, self.unit)
 
     def header(self, name: str) -> str:
         """A table column heading: ``test MAE, eV/cell (mean ± std)``."""
@@ -283,7 +284,7 @@ class Ranking:
 
     def value(self, text: str) -> str:
         """``text`` followed by the unit, when there is one."""
-        return f"{text} {self.unit}" if self.unit else text
+        return with_unit(text, self.unit)
 
     @property
     def note(self) -> str:
@@ -301,10 +302,6 @@ def _text(results: pd.DataFrame, column: str) -> str:
         return ""
     value = next((v for v in results[column] if isinstance(v, str) and v), "")
     return "" if value.startswith(LEGACY_UNKNOWN_UNIT) else value
-
-
-def _in_unit(text: str, unit: str) -> str:
-    return f"{text} ({unit})" if unit else text
 
 
 def ranking(results: pd.DataFrame) -> Ranking:
@@ -409,7 +406,7 @@ def make_plots(out: Path, results: pd.DataFrame, summary: pd.DataFrame, variants
         ax.plot(curves[0]["epoch"][:n], np.mean([c[curve_metric][:n] for c in curves], axis=0), label=variant.label,
                 lw=1.2)
     plots.epoch_axis(ax)
-    ax.set_ylabel(_in_unit(f"validation {what}", rank.unit) if regression else "validation NLL loss")
+    ax.set_ylabel(in_unit(f"validation {what}", rank.unit) if regression else "validation NLL loss")
     ax.set_title("validation curves, mean over seeds", fontsize=10)
     plots.log_y(ax)
     ax.legend(fontsize=7, ncol=2)

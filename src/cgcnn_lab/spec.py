@@ -106,6 +106,11 @@ def _unit(stored: str | None) -> str:
     return "" if stored in (None, LEGACY_UNKNOWN_UNIT) else stored
 
 
-def with_unit(text: str, unit: str) -> str:
+def with_unit(text: str, unit: str | None) -> str:
     """``text unit``, or ``text`` alone when the unit is unknown ("")."""
     return f"{text} {unit}" if unit else text
+
+
+def in_unit(text: str, unit: str | None) -> str:
+    """``text (unit)`` for an axis or a heading, or ``text`` alone when the unit is unknown."""
+    return f"{text} ({unit})" if unit else text

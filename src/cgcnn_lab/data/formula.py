@@ -37,14 +37,16 @@ def parse_pattern(pattern: str) -> tuple[dict[int, int], list[int]]:
     return {z: n // divisor for z, n in fixed.items()}, sorted(n // divisor for n in wild.values())
 
 
-def subset_mask(pattern: str, z: np.ndarray, atom_ptr: np.ndarray) -> np.ndarray:
-    """Which crystals (atoms ``z[atom_ptr[i]:atom_ptr[i + 1]]``) have the reduced formula ``pattern``."""
+def subset_mask(pattern: str, z: np.ndarray, atom_ptr: np.ndarray, crystals=None) -> np.ndarray:
+    """Which crystals (atoms ``z[atom_ptr[i]:atom_ptr[i + 1]]``; only those at positions ``crystals`` when given,
+    in that order) have the reduced formula ``pattern``."""
     fixed, wild = parse_pattern(pattern)
-    mask = np.zeros(len(atom_ptr) - 1, dtype=bool)
-    for i in range(len(mask)):  # reporting, once per run: a few thousand small np.unique calls
+    crystals = np.arange(len(atom_ptr) - 1) if crystals is None else np.asarray(crystals)
+    mask = np.zeros(len(crystals), dtype=bool)
+    for k, i in enumerate(crystals):  # reporting, once per run: a few thousand small np.unique calls
         elements, counts = np.unique(z[atom_ptr[i] : atom_ptr[i + 1]], return_counts=True)
         counts = counts // gcd(*counts.tolist())
         have = dict(zip(elements.tolist(), counts.tolist()))
         if all(have.pop(e, None) == n for e, n in fixed.items()):
-            mask[i] = sorted(have.values()) == wild
+            mask[k] = sorted(have.values()) == wild
     return mask

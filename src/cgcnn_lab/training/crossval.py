@@ -25,7 +25,7 @@ from cgcnn_lab.training.splits import Split, make_split
 
 def cross_validate(data, model_cfg, opts, raw, log):
     """Train the ``opts.folds`` folds (those not finished), pool their test predictions, write ``opts.out``."""
-    from cgcnn_lab.training.run import RunResult, class_labels, read_data, train
+    from cgcnn_lab.training.run import RunResult, classes_of, read_data, train
 
     start, out = time.perf_counter(), Path(opts.out)
     raw = raw if raw is not None else read_data(data, opts)
@@ -42,7 +42,7 @@ def cross_validate(data, model_cfg, opts, raw, log):
     trained = [load_trained(run / "checkpoints" / "best.ckpt") for run in runs]
     spec = trained[0].spec
     dataset = build_dataset(raw, spec.graph, spec.encoding, data.cache_dir, data.use_cache, data.strict, data.jobs)
-    strata = class_labels(dataset.targets, data.threshold, str(data.source)) if spec.task == "classification" else None
+    strata = classes_of(dataset, data, spec.task)
     tests = [make_split(dataset, raw, replace(opts, test_fold=k), strata).test for k in range(opts.folds)]
     idx = np.concatenate(tests)
     values = np.concatenate([predict_outputs(t.model, dataset, t.transform, subset=test)

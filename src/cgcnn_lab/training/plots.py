@@ -13,10 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
-
-def _in_unit(text: str, unit: str | None) -> str:
-    """``text (unit)``, or ``text`` alone when the unit is unknown."""
-    return f"{text} ({unit})" if unit else text
+from cgcnn_lab.spec import in_unit, with_unit
 
 
 def epoch_axis(ax) -> None:
@@ -69,11 +66,11 @@ def parity(target: np.ndarray, prediction: np.ndarray, unit: str | None, title: 
     pad = 0.03 * (hi - lo or 1.0)
     mae = f"MAE {np.abs(p - t).mean():.4g}"
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1)
-    ax.scatter(t, p, s=10, alpha=0.6, label=f"{mae} {unit}" if unit else mae)
+    ax.scatter(t, p, s=10, alpha=0.6, label=with_unit(mae, unit))
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel(_in_unit("target", unit))
-    ax.set_ylabel(_in_unit("prediction", unit))
+    ax.set_xlabel(in_unit("target", unit))
+    ax.set_ylabel(in_unit("prediction", unit))
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left")
     ax.set_aspect("equal")

@@ -12,6 +12,7 @@ import pandas as pd
 from cgcnn_lab.data.dataset import CrystalDataset
 from cgcnn_lab.data.formula import subset_mask
 from cgcnn_lab.inference import Predictions, load_trained, predict_outputs
+from cgcnn_lab.spec import in_unit
 from cgcnn_lab.training import plots
 from cgcnn_lab.training.splits import Split
 
@@ -42,7 +43,7 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
 def subset_predictions(pred: Predictions, dataset: CrystalDataset, idx, patterns: Sequence[str]) -> dict:
     """{pattern: the predictions of the crystals ``idx`` of ``dataset`` whose formula fits it}."""
     g = dataset.graphs
-    return {p: pred.subset(subset_mask(p, g.z, g.atom_ptr)[idx]) for p in patterns}
+    return {p: pred.subset(subset_mask(p, g.z, g.atom_ptr, crystals=idx)) for p in patterns}
 
 
 def class_counts(pred: Predictions) -> dict:
@@ -79,7 +80,7 @@ def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> N
                              out / "loss.png", log=True)
         if regression:
             mae = "MAE per atom" if spec.per_atom else "MAE"
-            plots.learning_curve(metrics, "mae", f"{mae} ({learned_unit})" if learned_unit else mae, out / "mae.png")
+            plots.learning_curve(metrics, "mae", in_unit(mae, learned_unit), out / "mae.png")
         else:
             plots.learning_curve(metrics, "accuracy", "accuracy", out / "accuracy.png")
     y, values = pred.targets, pred.values
@@ -98,22 +99,23 @@ def write_plots(out: Path, monitor: str, pred: Predictions, eval_name: str) -> N
 
 def summary(out: Path, metrics: dict, pred: Predictions, parts: dict[str, Predictions] | None = None) -> str:
     """The one-screen summary printed at the end of a run."""
-    lines = ["", f"run folder: {out}"]
-    scores = pred.score_lines(prefix=f"{metrics['split']} ")
-    lines += [scores[0] + f"   ({metrics['n_test']} crystals)", *scores[1:]] if scores else []
+    lines = ["", f"run folder: {out}", *_scored(pred, f"{metrics['split']} ")]
     for pattern, part in (parts or {}).items():
-        scores = part.score_lines(prefix=f"{metrics['split']} {pattern} ") if len(part) else []
-        lines += [scores[0] + f"   ({len(part)} crystals)", *scores[1:]] if scores else [f"no {pattern} crystals"]
+        lines += _scored(part, f"{metrics['split']} {pattern} ") if len(part) else [f"no {pattern} crystals"]
     if "test_confusion" in metrics:
         lines.append(f"confusion (rows: true {' / '.join(metrics['classes'])}; columns: predicted): "
                      f"{metrics['test_confusion']}")
-    if "folds" in metrics:
-        lines.append(f"{metrics['folds']} folds, every crystal tested once; {metrics['seconds']:.1f} s of training")
-    else:
-        lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
     if "folds" in metrics:  # the fold models together are an ensemble trained on all the data
         others = " ".join(str(out / f"fold{k}") for k in range(1, metrics["folds"]))
+        lines.append(f"{metrics['folds']} folds, every crystal tested once; {metrics['seconds']:.1f} s of training")
         lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --ensemble {others} --out predictions.csv")
     else:
+        lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
         lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
     return "\n".join(lines)
+
+
+def _scored(pred: Predictions, prefix: str) -> list[str]:
+    """The score lines of ``pred``, the first with its crystal count."""
+    scores = pred.score_lines(prefix=prefix)
+    return [scores[0] + f"   ({len(pred)} crystals)", *scores[1:]] if scores else []

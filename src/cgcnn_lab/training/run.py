@@ -76,10 +76,10 @@ def train(
     pretrained = load_trained(opts.init_from, atom_init=data.atom_init or raw.atom_init) if opts.init_from else None
     graph, model_cfg, encoding = choose_network(data, model_cfg, raw, pretrained, opts.asked, log)
     dataset = featurise(raw, data, graph, encoding, opts.progress, free_text=not raw_given, log=log)
-    classes = class_labels(dataset.targets, data.threshold, str(data.source)) if model_cfg.task == "classification" else None
+    classes = classes_of(dataset, data, model_cfg.task)
     split = make_split(dataset, raw, opts, strata=classes)
     log(f"split: {split.sizes()} (split seed {opts.split_seed_value}, seed {opts.seed})")
-    spec, labels = fit_targets(dataset, split, data, model_cfg, graph, encoding, pretrained, log)
+    spec, labels = fit_targets(dataset, split, data, model_cfg, graph, encoding, pretrained, classes, log)
     if resumed is not None:
         check_resumable(out, resumed, spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,15 +150,21 @@ def class_labels(targets: np.ndarray, threshold: float | None, where: str) -> np
     return y.astype(np.int64)
 
 
+def classes_of(dataset: CrystalDataset, data: DataOptions, task: str) -> np.ndarray | None:
+    """The class labels of a classification run (None for regression): they stratify the split and are learned."""
+    if task != "classification":
+        return None
+    if dataset.targets.shape[1] > 1:
+        raise DataError("classification takes exactly one target column")
+    return class_labels(dataset.targets, data.threshold, str(data.source))
+
+
 def fit_targets(dataset: CrystalDataset, split: Split, data: DataOptions, model_cfg: ModelConfig, graph, encoding,
-                pretrained: TrainedModel | None, log) -> tuple[ModelSpec, np.ndarray]:
+                pretrained: TrainedModel | None, labels: np.ndarray | None, log) -> tuple[ModelSpec, np.ndarray]:
     """The saved-model spec of the run (targets' transform fitted on the training split, output count, bond grid,
-    degree histogram) and what the network is trained on (targets, or class labels)."""
+    degree histogram) and what the network is trained on (targets, or the class ``labels``)."""
     targets, transform = dataset.targets, None
     if model_cfg.task == "classification":
-        if targets.shape[1] > 1:
-            raise DataError("classification takes exactly one target column")
-        labels = class_labels(targets, data.threshold, str(data.source))
         n_outputs, trained_on = max(int(labels.max()) + 1, model_cfg.n_outputs, 2), labels[:, None].astype(np.float64)
     else:
         n_outputs, trained_on = targets.shape[1], targets
@@ -191,8 +197,8 @@ def note_extensive(targets: np.ndarray, n_atoms: np.ndarray, names, log) -> None
         return
     for k, name in enumerate(names):
         y = targets[:, k]
-        if y.std() > 0 and abs(np.corrcoef(y, n_atoms)[0, 1]) > 0.8:
-            r = np.corrcoef(y, n_atoms)[0, 1]
+        r = np.corrcoef(y, n_atoms)[0, 1] if y.std() > 0 else 0.0
+        if abs(r) > 0.8:
             log(f"note: {name} scales with the number of atoms in the cell (correlation {r:+.2f}): a total per "
                 "cell? --per-atom learns it per atom and scales back, which is usually far more accurate")
 
