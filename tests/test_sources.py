@@ -240,7 +240,7 @@ def test_table_file_errors(tmp_path):
         load_dataset(tmp_path / "nothere.csv", targets=["e"])
     other = tmp_path / "t.xlsx"
     other.write_text("x")
-    with pytest.raises(DataError, match=r"t\.xlsx: expected a CGCNN folder or a table"):
+    with pytest.raises(DataError, match=r"t\.xlsx: not a format cgcnn-lab reads: expected a CGCNN folder, a table"):
         load_dataset(other, targets=["e"])
 
 

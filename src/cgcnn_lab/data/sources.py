@@ -1,4 +1,5 @@
-"""Where crystals come from: a CGCNN folder, a table file, or pymatgen objects.
+"""Where crystals come from: a CGCNN folder, a table file, pymatgen or ASE objects, or structure files
+(POSCAR, extxyz, ASE databases, a folder of them: read in :mod:`cgcnn_lab.data.files`).
 
 Readers only *collect* entries (id, raw structure text, targets) and check what can be checked without
 parsing structures: ids, targets, missing files. Parsing and graph building happen later, once, in
@@ -288,6 +289,8 @@ def _json_frame(path: Path, structure_col: str | None):
         return pd.DataFrame([_flatten_record(r, structure_keys) for r in data])
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object or list, got {type(data).__name__}")  # noqa: TRY004 (file content)
+    if "lattice" in data and "sites" in data:  # one pymatgen Structure (Structure.to("mp-1.json")): a one-row table
+        return pd.DataFrame([{"id": path.name.split(".")[0], "structure": json.dumps(data)}])
     if structure_keys & set(data) or not all(isinstance(v, dict) for v in data.values()):
         return pd.DataFrame(data)  # column orientation: {"structure": {...rows}, "target": {...rows}}
     rows = [{"id": str(key), **_flatten_record(value, structure_keys)} for key, value in data.items()]
@@ -461,7 +464,8 @@ def from_structures(
     target_names: Sequence[str] | None = None,
     strict: bool = False,
 ) -> RawDataset:
-    """pymatgen Structures (with optional targets) as a dataset."""
+    """pymatgen Structures or ASE ``Atoms`` (with optional targets) as a dataset. ASE frames carry their own
+    targets: ``target_names`` without ``targets`` reads them from ``atoms.info`` and the calculator's results."""
     ids = [str(i) for i in ids] if ids is not None else [f"structure-{i}" for i in range(len(structures))]
     if len(ids) != len(structures):
         raise DataError(f"{len(ids)} ids for {len(structures)} structures")
@@ -477,6 +481,16 @@ def from_structures(
     for i, (entry_id, s) in enumerate(zip(ids, structures)):
         where = f"structure #{i} (id {entry_id})"
         row = None if values is None else values[i]
+        if is_atoms(s):  # stored as structure JSON text, as a file's frames are (data/files.py)
+            from cgcnn_lab.data.files import atoms_content, frame_properties, frame_targets
+
+            try:
+                if values is None and target_names:
+                    row = frame_targets(frame_properties(s), names, where)
+                s = atoms_content(s)
+            except DataError as err:
+                log.add(where, entry_id, str(err).removeprefix(f"{where}: "))
+                continue
         if row is not None and not np.isfinite(row).all():
             log.add(where, entry_id, f"target is not finite: {row.tolist()}")
             continue
@@ -486,7 +500,7 @@ def from_structures(
 
 
 def load_dataset(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     targets: Sequence[str] = (),
     id_col: str | None = None,
     structure_col: str | None = None,
@@ -494,8 +508,26 @@ def load_dataset(
     require_targets: bool = True,
     extra_cols: Sequence[str] = (),
 ) -> RawDataset:
-    """Dispatch on what ``source`` is: a CGCNN folder or a table file."""
+    """Dispatch on what ``source`` is: a CGCNN folder, a table file, a structure file (POSCAR, extxyz, ASE
+    database, ...), a folder of structure files without ``id_prop.csv``, or a list of structure files."""
+    from cgcnn_lab.data.files import read_structure_files, read_structure_folder
+
+    if not isinstance(source, (str, Path)):
+        paths = [Path(p) for p in source]
+        if not paths:
+            raise DataError("no data given: name a CGCNN folder, a table or structure files")
+        if len(paths) > 1:
+            alone = next((p for p in paths if p.is_dir() or p.name.lower().endswith(TABLE_SUFFIXES)), None)
+            if alone is not None:
+                raise DataError(f"{alone}: a folder or a table is read alone; several sources must all be "
+                                "structure files (CIF, POSCAR, extxyz, ...)")
+            _files_only(paths[0], structure_col, extra_cols)
+            return read_structure_files(paths, targets, id_col, strict, require_targets)
+        source = paths[0]
     path = Path(source)
+    if path.is_dir() and not (path / "id_prop.csv").is_file():
+        _files_only(path, structure_col, extra_cols)
+        return read_structure_folder(path, targets, id_col, strict, require_targets)
     if path.is_dir():
         if extra_cols:
             raise DataError(f"{path}: columns {list(extra_cols)} need a table file; a CGCNN folder has only id_prop.csv")
@@ -505,9 +537,18 @@ def load_dataset(
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if not path.name.lower().endswith(TABLE_SUFFIXES):
-        raise DataError(f"{path}: expected a CGCNN folder or a table ({', '.join(TABLE_SUFFIXES)})")
+        _files_only(path, structure_col, extra_cols)
+        return read_structure_files([path], targets, id_col, strict, require_targets)
     return read_table(path, targets, id_col=id_col, structure_col=structure_col, strict=strict, extra_cols=extra_cols,
                       require_targets=require_targets)
+
+
+def _files_only(path: Path, structure_col: str | None, extra_cols: Sequence[str]) -> None:
+    """Table options given for structure files: say so rather than ignore them."""
+    if structure_col:
+        raise DataError(f"{path}: --structure-col selects a table column; structure files have none")
+    if extra_cols:
+        raise DataError(f"{path}: columns {list(extra_cols)} need a table file; structure files have no columns")
 
 
 # ---------------------------------------------------------------- structure parsing (called when featurising)
@@ -522,6 +563,11 @@ def is_structure(obj: object) -> bool:
     """A pymatgen Structure, recognised without importing pymatgen (it takes ~1 s to import)."""
     return any(c.__name__ in ("Structure", "IStructure") and c.__module__.startswith("pymatgen.")
                for c in type(obj).__mro__)
+
+
+def is_atoms(obj: object) -> bool:
+    """An ASE ``Atoms``, recognised without importing ASE (it takes ~1 s to import)."""
+    return any(c.__name__ == "Atoms" and c.__module__.startswith("ase.") for c in type(obj).__mro__)
 
 
 def parse_structure(entry: Entry) -> Structure:
