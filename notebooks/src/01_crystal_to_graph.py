@@ -31,7 +31,7 @@ import sys
 
 if "google.colab" in sys.modules:
     REPO = "https://github.com/cgcnn-lab/cgcnn-lab"  # the course's copy of this repository
-    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab @ git+{REPO}'")
+    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab[course] @ git+{REPO}'")
 
 # %%
 # All imports, at the top: nothing is installed or imported half-way through.
@@ -41,6 +41,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
+import otter
 import torch
 from pymatgen.core import Structure
 
@@ -55,6 +56,7 @@ NACL_CIF = Path("../data/NaCl.cif")
 if not NACL_CIF.exists():  # e.g. on Colab: write the same file from pymatgen
     NACL_CIF = hw.write_nacl_cif("data/NaCl.cif")
 print("data folder:", DATA_DIR, "(present)" if DATA_DIR.exists() else "(absent: not needed here)")
+grader = otter.Notebook()  # grader.check("q1_1") runs the tests of exercise 1.1, from tests/q1_1.py
 
 # %% [markdown]
 # ## 1.1 Read the crystal
@@ -76,16 +78,25 @@ for i, site in enumerate(structure):
 # %% [markdown]
 # Each row is one **site**: its element, its atomic number Z, its position as fractions of the three lattice
 # vectors (0 ≤ x < 1: inside the cell) and the same position in Å.
-#
+
+# %% [markdown] question="q1_1" points=1
 # ### Exercise 1.1 — atomic numbers
-# Make `atomic_numbers`, a list with the atomic number of every site, in site order.
+# Make `atomic_numbers`, a list with the atomic number of every site, in site order. Then run the next cell,
+# `grader.check("q1_1")`: it runs the exercise's public tests and prints a hint when the answer is not right yet.
 
 # %%
 # BEGIN SOLUTION: one atomic number per site, in site order
 # Hint: structure[i].specie is the element of site i; its .Z attribute is the atomic number
 atomic_numbers = [site.specie.Z for site in structure]
 # END SOLUTION
-hw.check_species(atomic_numbers, structure)
+print(atomic_numbers)
+
+
+# %% tags=["test"]
+def test_atomic_numbers(atomic_numbers, structure):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_species(hw.defined(atomic_numbers, "atomic_numbers", "Exercise 1.1"), structure)
 
 # %% [markdown]
 # ## 1.2 Atom features v_i
@@ -102,7 +113,7 @@ encoding = ElementEncoding.from_atom_init(atom_init) if atom_init.exists() else 
 print(f"encoding {encoding.name!r}: table {encoding.table.shape}, Na row has ones at",
       np.flatnonzero(encoding.table[11]))
 
-# %% [markdown]
+# %% [markdown] question="q1_2" points=1
 # ### Exercise 1.2 — the atom feature matrix
 # Build `atom_fea`, shape `[number of sites, 92]`: row i is the feature vector of site i's element.
 
@@ -111,8 +122,15 @@ print(f"encoding {encoding.name!r}: table {encoding.table.shape}, Na row has one
 # Hint: encoding.table[z] is the row of atomic number z; np.stack a list of rows
 atom_fea = np.stack([encoding.table[z] for z in atomic_numbers])
 # END SOLUTION
-hw.check_shape(atom_fea, (len(structure), encoding.n_features), "atom_fea")
-hw.check_atom_features(atom_fea, structure, encoding.table)
+print("atom_fea:", atom_fea.shape)
+
+
+# %% tags=["test"]
+def test_atom_features(atom_fea, structure, encoding):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_shape(hw.defined(atom_fea, "atom_fea", "Exercise 1.2"), (len(structure), encoding.n_features), "atom_fea")
+    hw.check_atom_features(atom_fea, structure, encoding.table)
 
 # %% [markdown]
 # ## 1.3 Neighbours, with periodic images
@@ -120,25 +138,65 @@ hw.check_atom_features(atom_fea, structure, encoding.table)
 # Atom 0 (Na at the corner) has 6 Cl neighbours at a/2 = 2.82 Å, but only 3 of them are inside the cell:
 # the others belong to the neighbouring copies of the cell. A neighbour search that only looks inside the
 # cell misses them. `structure.get_neighbors(site, r)` searches the periodic images too.
-#
+
+# %% [markdown] question="q1_3" points=2
 # ### Exercise 1.3 — all neighbours within a radius
-# Make `pairs`, a list of `(i, j, d)` triples: for every site i, every neighbour j within `RADIUS` and its
-# distance d in Å. The same j may appear several times (different images, different or equal distances).
-# The check compares **sets**, not lists: any order is fine.
+# Write `neighbor_pairs(structure, radius)`: a list of `(i, j, d)` triples, for every site i every neighbour j
+# within `radius` and its distance d in Å. The same j may appear several times (different images, different or
+# equal distances). The check compares **sets**, not lists: any order is fine. (The autograder also tries your
+# function on other crystals.)
 
 # %%
 RADIUS = 6.0
-# BEGIN SOLUTION: list (i, j, distance) for every neighbour of every site within RADIUS
-# Hint: for i, site in enumerate(structure): for nbr in structure.get_neighbors(site, RADIUS): ...
-# Hint: nbr.index is j, nbr.nn_distance is the distance
-pairs = [
-    (i, nbr.index, nbr.nn_distance)
-    for i, site in enumerate(structure)
-    for nbr in structure.get_neighbors(site, RADIUS)
-]
-# END SOLUTION
-hw.check_neighbors(pairs, structure, RADIUS)
+
+
+def neighbor_pairs(structure, radius):
+    # BEGIN SOLUTION: the (i, j, distance) triples of every neighbour of every site within radius
+    # Hint: for i, site in enumerate(structure): for nbr in structure.get_neighbors(site, radius): ...
+    # Hint: nbr.index is j, nbr.nn_distance is the distance
+    return [
+        (i, nbr.index, nbr.nn_distance)
+        for i, site in enumerate(structure)
+        for nbr in structure.get_neighbors(site, radius)
+    ]
+    # END SOLUTION
+
+
+pairs = neighbor_pairs(structure, RADIUS)
 print(f"{len(pairs)} edges; atom 0 has distances", sorted({round(float(d), 2) for i, _, d in pairs if i == 0}))
+
+
+# %% tags=["test"]
+def test_neighbors_of_nacl(neighbor_pairs, structure, RADIUS):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_neighbors(hw.defined(neighbor_pairs, "neighbor_pairs", "Exercise 1.3")(structure, RADIUS), structure,
+                       RADIUS)
+
+
+# %% tags=["test", "hidden"]
+def test_neighbors_of_a_one_atom_cell(neighbor_pairs):
+    """Polonium, one atom per cell: every neighbour is a periodic image of atom 0 itself."""
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_lab.course import homework as hw
+
+    po = Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]])
+    hw.check_neighbors(neighbor_pairs(po, 5.0), po, 5.0)
+
+
+# %% tags=["test", "hidden"]
+def test_neighbors_of_other_crystals(neighbor_pairs):
+    """CsCl and a triclinic cell: nothing in the answer may depend on NaCl's cubic cell."""
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_lab.course import homework as hw
+
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    triclinic = Structure(Lattice.from_parameters(4.1, 5.3, 6.2, 81, 97, 104), ["Si", "O", "O"],
+                          [[0.1, 0.2, 0.3], [0.45, 0.1, 0.8], [0.7, 0.6, 0.15]])
+    for crystal, radius in ((cscl, 5.5), (triclinic, 4.5)):
+        hw.check_neighbors(neighbor_pairs(crystal, radius), crystal, radius)
 
 # %% [markdown]
 # **What the check catches.** Here is the classic mistake, distances computed inside one cell (no periodic
@@ -151,22 +209,52 @@ in_cell = [(i, j, float(np.linalg.norm(cart[i] - cart[j])))
            if i != j and np.linalg.norm(cart[i] - cart[j]) <= RADIUS]
 result = hw.check_neighbors(in_cell, structure, RADIUS, raise_on_fail=False)
 
-# %% [markdown]
+# %% [markdown] question="q1_4" points=2
 # ### Exercise 1.4 — keep the M nearest
-# CGCNN keeps at most the M = 12 nearest neighbours of each atom within 8 Å. Make `nearest`, the `(i, j, d)`
-# triples of the 12 nearest neighbours of every atom. Ties (several neighbours at exactly the same distance)
-# make *which* j is kept arbitrary, so the check compares the distances of each atom only.
+# CGCNN keeps at most the M = 12 nearest neighbours of each atom within 8 Å. Write `nearest_neighbors(structure,
+# cutoff, m)`: the `(i, j, d)` triples of the m nearest neighbours of every atom within `cutoff` (all of them if
+# there are fewer). Ties (several neighbours at exactly the same distance) make *which* j is kept arbitrary, so
+# the check compares the distances of each atom only.
 
 # %%
 M, CUTOFF = 12, 8.0
-# BEGIN SOLUTION: the M nearest neighbours of each atom within CUTOFF
-# Hint: sort each atom's neighbours by nbr.nn_distance and keep the first M
-nearest = []
-for i, site in enumerate(structure):
-    nbrs = sorted(structure.get_neighbors(site, CUTOFF), key=lambda nbr: nbr.nn_distance)[:M]
-    nearest += [(i, nbr.index, nbr.nn_distance) for nbr in nbrs]
-# END SOLUTION
-hw.check_neighbors(nearest, structure, CUTOFF, max_neighbors=M)
+
+
+def nearest_neighbors(structure, cutoff, m):
+    # BEGIN SOLUTION: the m nearest neighbours of each atom within cutoff
+    # Hint: sort each atom's neighbours by nbr.nn_distance and keep the first m
+    nearest = []
+    for i, site in enumerate(structure):
+        nbrs = sorted(structure.get_neighbors(site, cutoff), key=lambda nbr: nbr.nn_distance)[:m]
+        nearest += [(i, nbr.index, nbr.nn_distance) for nbr in nbrs]
+    return nearest
+    # END SOLUTION
+
+
+nearest = nearest_neighbors(structure, CUTOFF, M)
+print(f"{len(nearest)} edges: {M} per atom")
+
+
+# %% tags=["test"]
+def test_nearest_of_nacl(nearest_neighbors, structure, CUTOFF, M):
+    from cgcnn_lab.course import homework as hw
+
+    nearest = hw.defined(nearest_neighbors, "nearest_neighbors", "Exercise 1.4")(structure, CUTOFF, M)
+    hw.check_neighbors(nearest, structure, CUTOFF, max_neighbors=M)
+
+
+# %% tags=["test", "hidden"]
+def test_nearest_other_m_and_crystals(nearest_neighbors, structure):
+    """m = 4 cuts NaCl's first shell of 6 (a tie); a triclinic cell; a cell with fewer than m neighbours."""
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_lab.course import homework as hw
+
+    triclinic = Structure(Lattice.from_parameters(4.1, 5.3, 6.2, 81, 97, 104), ["Si", "O", "O"],
+                          [[0.1, 0.2, 0.3], [0.45, 0.1, 0.8], [0.7, 0.6, 0.15]])
+    po = Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]])
+    for crystal, cutoff, m in ((structure, 8.0, 4), (triclinic, 6.0, 5), (po, 3.5, 12)):
+        hw.check_neighbors(nearest_neighbors(crystal, cutoff, m), crystal, cutoff, max_neighbors=m)
 
 # %% [markdown]
 # The library does the same with pymatgen's C neighbour search. Its edges are `edge_index[0]` = neighbour j
@@ -217,9 +305,11 @@ plt.show()
 # $$u_k(d) = \exp\!\left(-\frac{(d-\mu_k)^2}{\sigma^2}\right),\qquad \mu_k = 0, 0.2, \dots, 8\ \text{Å},\quad \sigma = 0.2\ \text{Å}$$
 #
 # That is 41 centres (0 and 8 included).
-#
+
+# %% [markdown] question="q1_5" points=2
 # ### Exercise 1.5 — write the expansion
-# `gaussian_expand(distances)` takes a 1-D tensor of E distances and returns an `[E, 41]` tensor.
+# `gaussian_expand(distances)` takes a 1-D tensor of E distances and returns an `[E, 41]` tensor; `dmax`, `step`
+# and `width` set the grid (the autograder tries others).
 
 # %%
 def gaussian_expand(distances, dmax=8.0, step=0.2, width=0.2):
@@ -232,7 +322,29 @@ def gaussian_expand(distances, dmax=8.0, step=0.2, width=0.2):
     # END SOLUTION
 
 
-hw.check_gaussian(gaussian_expand)
+# %% tags=["test"]
+def test_gaussian(gaussian_expand):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_gaussian(hw.defined(gaussian_expand, "gaussian_expand", "Exercise 1.5"))
+
+
+# %% tags=["test", "hidden"]
+def test_gaussian_other_grid(gaussian_expand):
+    """Another grid and width: the centres and the width come from the arguments, not from constants."""
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_gaussian(lambda d: gaussian_expand(d, dmax=5.0, step=0.5, width=0.4), radius=5.0, step=0.5, width=0.4)
+
+
+# %% tags=["test", "hidden"]
+def test_gaussian_one_distance(gaussian_expand):
+    """A single distance still gives a [1, 41] matrix (no squeeze)."""
+    import torch
+
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_shape(gaussian_expand(torch.tensor([2.0])), (1, 41), "gaussian_expand(torch.tensor([2.0]))")
 
 # %%
 d = torch.tensor([2.82, 3.99, 4.88])
@@ -247,7 +359,7 @@ ax.set_title("each distance becomes a 41-vector peaked at its own value")
 plt.show()
 hw.check_close(gaussian_expand(d), GaussianExpansion()(d), "your expansion vs GaussianExpansion", atol=1e-5)
 
-# %% [markdown]
+# %% [markdown] question="q1_w1" points=2
 # ## Written questions
 #
 # **Q1.** Why does the crystal graph need periodic images? What would a model trained on in-cell neighbours
@@ -260,7 +372,7 @@ hw.check_close(gaussian_expand(d), GaussianExpansion()(d), "your expansion vs Ga
 # on an arbitrary choice (where the cell starts), not on the material; a model would learn artefacts of that
 # choice, and the same crystal described with a shifted or larger cell would get another prediction.
 
-# %% [markdown]
+# %% [markdown] question="q1_w2" points=2
 # **Q2.** Why expand distances on Gaussians instead of feeding d directly? What do the grid step and the
 # width control?
 
@@ -272,7 +384,7 @@ hw.check_close(gaussian_expand(d), GaussianExpansion()(d), "your expansion vs Ga
 # the width sets the overlap between neighbouring Gaussians: too narrow and distances between grid points are
 # poorly represented, too wide and nearby distances become indistinguishable.
 
-# %% [markdown]
+# %% [markdown] question="q1_w3" points=2
 # **Q3.** The checks in this notebook never use `==` on floats and never compare lists element by element.
 # Why?
 

@@ -30,10 +30,11 @@ import sys
 
 if "google.colab" in sys.modules:
     REPO = "https://github.com/cgcnn-lab/cgcnn-lab"  # the course's copy of this repository
-    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab @ git+{REPO}'")
+    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab[course] @ git+{REPO}'")
 
 # %%
 import numpy as np
+import otter
 import torch
 from pymatgen.core.operations import SymmOp
 from torch import nn
@@ -46,6 +47,7 @@ from cgcnn_lab.model.expansion import GaussianExpansion
 
 hw.inline_plots()
 torch.manual_seed(0)
+grader = otter.Notebook()  # grader.check("q2_1") runs the tests of exercise 2.1, from tests/q2_1.py
 
 # %% [markdown]
 # ## 2.1 A graph to work on
@@ -64,7 +66,7 @@ edge_attr = GaussianExpansion()(torch.from_numpy(graph.distance))
 B = edge_attr.shape[1]
 print(f"x {tuple(x.shape)}, edge_index {tuple(edge_index.shape)}, edge_attr {tuple(edge_attr.shape)}")
 
-# %% [markdown]
+# %% [markdown] question="q2_1" points=2
 # ### Exercise 2.1 — the neighbour sum of Eq. 3, step by step
 # 1. `per_edge`: for every edge, v_j ⊕ u_ij, shape `[E, A + B]`.
 # 2. `summed`: for every atom i, the sum of `per_edge` over the edges ending at i, shape `[N, A + B]`.
@@ -77,12 +79,34 @@ neighbor, center = edge_index
 per_edge = torch.cat([x[neighbor], edge_attr], dim=1)
 summed = torch.zeros(x.shape[0], A + B).index_add_(0, center, per_edge)
 # END SOLUTION
-hw.check_shape(per_edge, (graph.n_edges, A + B), "per_edge")
-hw.check_shape(summed, (graph.n_atoms, A + B), "summed")
-expected_atom0 = per_edge[center == 0].sum(0)
-hw.check_close(summed[0], expected_atom0, "sum over the 12 edges of atom 0", atol=1e-4)
+print("per_edge", tuple(per_edge.shape), "summed", tuple(summed.shape))
 
-# %% [markdown]
+
+# %% tags=["test"]
+def test_neighbor_sum(per_edge, summed, graph, A, B, edge_index):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_shape(hw.defined(per_edge, "per_edge", "Exercise 2.1"), (graph.n_edges, A + B), "per_edge")
+    hw.check_shape(hw.defined(summed, "summed", "Exercise 2.1"), (graph.n_atoms, A + B), "summed")
+    center = edge_index[1]
+    hw.check_close(summed[0], per_edge[center == 0].sum(0), "sum over the 12 edges of atom 0", atol=1e-4)
+
+
+# %% tags=["test", "hidden"]
+def test_neighbor_sum_every_atom(per_edge, summed, x, edge_index, edge_attr):
+    """Every atom, from x and the edges directly: v_j (the sender) first, then u_ij, summed onto the centre."""
+    import torch
+
+    from cgcnn_lab.course import homework as hw
+
+    neighbor, center = edge_index
+    want_edges = torch.cat([x[neighbor], edge_attr], dim=1)
+    hw.check_close(per_edge, want_edges, "per_edge = v_j ⊕ u_ij (neighbour features first, j = edge_index[0])",
+                   atol=1e-5)
+    want = torch.stack([want_edges[center == i].sum(0) for i in range(x.shape[0])])
+    hw.check_close(summed, want, "summed, every atom", atol=1e-4)
+
+# %% [markdown] question="q2_2" points=2
 # ### Exercise 2.2 — the shared-weight convolution as a module
 # Complete `MySharedConv`. Use the layer names of the library (`check_conv` copies the library's weights into
 # yours to compare outputs): `lin_neighbors = nn.Linear(A + B, A, bias=False)` is W_c, `lin_self =
@@ -107,9 +131,21 @@ class MySharedConv(nn.Module):
         # END SOLUTION
 
 
-hw.check_conv(MySharedConv, "shared")
+# %% tags=["test"]
+def test_shared_conv(MySharedConv):
+    from cgcnn_lab.course import homework as hw
 
-# %% [markdown]
+    hw.check_conv(hw.defined(MySharedConv, "MySharedConv", "Exercise 2.2"), "shared")
+
+
+# %% tags=["test", "hidden"]
+def test_shared_conv_other_sizes(MySharedConv):
+    """Other feature sizes: the layer uses atom_dim and edge_dim, not A = 16 and B = 41."""
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_conv(MySharedConv, "shared", atom_dim=7, edge_dim=3)
+
+# %% [markdown] question="q2_3" points=3
 # ### Exercise 2.3 — the gated CGCNN convolution
 # Complete `MyGatedConv`. `fc_full = nn.Linear(2A + B, 2A)` holds W_f and W_s in one matrix: its output's
 # first A columns are the filter, the last A the core (`.chunk(2, dim=1)`). z_ij is v_i ⊕ v_j ⊕ u_ij, in
@@ -138,7 +174,19 @@ class MyGatedConv(nn.Module):
         # END SOLUTION
 
 
-hw.check_conv(MyGatedConv, "gated")
+# %% tags=["test"]
+def test_gated_conv(MyGatedConv):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_conv(hw.defined(MyGatedConv, "MyGatedConv", "Exercise 2.3"), "gated")
+
+
+# %% tags=["test", "hidden"]
+def test_gated_conv_other_sizes(MyGatedConv):
+    """Other feature sizes: the layer uses atom_dim and edge_dim, not A = 16 and B = 41."""
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_conv(MyGatedConv, "gated", atom_dim=7, edge_dim=3)
 
 # %% [markdown]
 # The checker also knows the usual mistakes. A gated layer without the residual connection:
@@ -205,7 +253,7 @@ g_rot = structure_to_graph(rotated, GraphConfig(radius=8.0, max_neighbors=12))
 hw.check_close(np.sort(g_rot.distance), np.sort(graph.distance), "bond lengths of the rotated + shifted crystal",
                atol=1e-4)
 
-# %% [markdown]
+# %% [markdown] question="q2_w1" points=2
 # ## Written questions
 #
 # **Q1 (invariance).** Which transformations of the input leave the prediction of a CGCNN unchanged, and which
@@ -221,7 +269,7 @@ hw.check_close(np.sort(g_rot.distance), np.sort(graph.distance), "bond lengths o
 # pooling makes a supercell (the same crystal, doubled) give the same output. What the model cannot see is
 # anything that is not a distance: bond angles, chirality (a crystal and its mirror image have the same graph).
 
-# %% [markdown]
+# %% [markdown] question="q2_w2" points=2
 # **Q2.** Why is the shared-weight convolution (Eq. 3) weaker than the gated one (Eq. 5)? Give the example
 # of section 2.2 in your own words, and say what the residual connection adds.
 

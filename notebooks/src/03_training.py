@@ -25,7 +25,7 @@ import sys
 
 if "google.colab" in sys.modules:
     REPO = "https://github.com/cgcnn-lab/cgcnn-lab"  # the course's copy of this repository
-    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab @ git+{REPO}'")
+    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab[course] @ git+{REPO}'")
 
 # %%
 import os
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import otter
 import pandas as pd
 
 from cgcnn_lab.course import homework as hw
@@ -50,6 +51,7 @@ EPOCHS = 4 if FAST else 150
 SMALL = dict(n_conv=2, atom_fea_len=32, h_fea_len=64) if FAST else {}
 raw, description = hw.energy_dataset(DATA_DIR, n=N_CRYSTALS, seed=0)
 print(description, "|", len(raw.entries), "crystals", "| FAST mode" if FAST else "")
+grader = otter.Notebook()  # grader.check("q3_1") runs the tests of exercise 3.1, from tests/q3_1.py
 
 # %% [markdown]
 # ## 3.1 Look at the target
@@ -62,7 +64,7 @@ n_atoms = dataset.n_atoms
 print(dataset.summary())
 print(f"atoms per cell: {n_atoms.min()} to {n_atoms.max()}")
 
-# %% [markdown]
+# %% [markdown] question="q3_1" points=1
 # ### Exercise 3.1 — energy per atom
 # Compute `energy_per_atom` (eV/atom) for every crystal, shape `[number of crystals]`.
 
@@ -71,8 +73,24 @@ print(f"atoms per cell: {n_atoms.min()} to {n_atoms.max()}")
 # Hint: energies and n_atoms are numpy arrays of the same length
 energy_per_atom = energies / n_atoms
 # END SOLUTION
-hw.check_shape(energy_per_atom, (len(dataset),), "energy_per_atom")
-hw.check_close(energy_per_atom * n_atoms, energies, "energy_per_atom × n_atoms vs the total energy", rtol=1e-6)
+print(f"energy per atom: {energy_per_atom.min():.2f} to {energy_per_atom.max():.2f} eV/atom")
+
+
+# %% tags=["test"]
+def test_energy_per_atom(energy_per_atom, energies, n_atoms, dataset):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_shape(hw.defined(energy_per_atom, "energy_per_atom", "Exercise 3.1"), (len(dataset),), "energy_per_atom")
+    hw.check_close(energy_per_atom * n_atoms, energies, "energy_per_atom × n_atoms vs the total energy", rtol=1e-6)
+
+
+# %% tags=["test", "hidden"]
+def test_energy_per_atom_from_the_dataset(energy_per_atom, energies, dataset):
+    """Against the dataset itself: `energies` must still hold the totals (no in-place division)."""
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_close(energies, dataset.targets[:, 0], "energies (still the total energies of the cells)", rtol=1e-6)
+    hw.check_close(energy_per_atom, dataset.targets[:, 0] / dataset.n_atoms, "energy_per_atom", rtol=1e-6)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -88,7 +106,8 @@ print(f"correlation with the number of atoms: total {np.corrcoef(n_atoms, energi
 # %% [markdown]
 # ## 3.2 Train the two convolutions side by side
 # Same data, same split (seed), same optimiser: only `ModelConfig(conv=...)` changes.
-#
+
+# %% [markdown] question="q3_2" points=3
 # ### Exercise 3.2 — one training run per convolution
 # Fill `results[conv]` with the `RunResult` of `train(...)` for `conv` in `"shared"` and `"gated"`. Use
 # `DataOptions(per_atom=True, element_ref=True, unit="eV")`, `ModelConfig(conv=conv, **SMALL)` and
@@ -106,7 +125,38 @@ for conv in ("shared", "gated"):
         raw=raw,
     )
     # END SOLUTION
-assert set(results) == {"shared", "gated"}, "train both convolutions"
+print({conv: round(r.metrics["test_mae_per_atom"], 4) for conv, r in results.items()}, "(test MAE, eV/atom)")
+
+
+# %% tags=["test"]
+def test_two_runs(results):
+    import math
+
+    from cgcnn_lab.course import homework as hw
+
+    runs = hw.defined(results, "results", "Exercise 3.2")
+    assert set(runs) == {"shared", "gated"}, f"results has the keys {sorted(runs)}: train both convolutions"
+    for conv, run in runs.items():
+        mae = run.metrics.get("test_mae_per_atom")
+        assert mae is not None and math.isfinite(mae), (
+            f"results[{conv!r}] has no finite test_mae_per_atom: train with DataOptions(per_atom=True, ...)")
+
+
+# %% tags=["test", "hidden"]
+def test_two_runs_as_asked(results, EPOCHS):
+    """The run folders' config.json: the right convolution under each key, per-atom energies with the element
+    reference, EPOCHS epochs, and one split for both."""
+    import json
+
+    for conv, run in results.items():
+        config = json.loads((run.out / "config.json").read_text())
+        assert config["model"]["conv"] == conv, f"results[{conv!r}] was trained with conv={config['model']['conv']!r}"
+        assert config["data"]["per_atom"] and config["data"]["element_ref"], (
+            "train on energies per atom with the element reference: DataOptions(per_atom=True, element_ref=True)")
+        assert config["train"]["epochs"] == EPOCHS, f"train for EPOCHS = {EPOCHS} epochs"
+    shared, gated = results["shared"].split.test, results["gated"].split.test
+    assert sorted(shared.tolist()) == sorted(gated.tolist()), (
+        "the two runs were tested on different crystals: use the same seed (TrainOptions(seed=0)) for both")
 
 # %% [markdown]
 # ## 3.3 Learning curves, parity plots, errors
@@ -149,7 +199,7 @@ table = pd.DataFrame({conv: {
 } for conv, r in results.items()})
 table.round(4)
 
-# %% [markdown]
+# %% [markdown] question="q3_w1" points=2
 # ## Written questions
 #
 # **Q1.** The course's original run learned the *total* energy with mean pooling and reached an error of
@@ -163,7 +213,7 @@ table.round(4)
 # chemistry and geometry change the energy; multiplying by N afterwards recovers the total energy exactly
 # (errors on the total are then N times the per-atom error, which is why both are reported).
 
-# %% [markdown]
+# %% [markdown] question="q3_w2" points=2
 # **Q2.** Compare the two convolutions: learning curves, test error, parameter count. Which is better and why?
 # Would you trust the comparison from one run on a small data set?
 
@@ -177,7 +227,7 @@ table.round(4)
 # spread (notebook 4). In FAST mode (few epochs, 120 crystals) the numbers mean nothing; only the code path is
 # tested.
 
-# %% [markdown]
+# %% [markdown] question="q3_w3" points=2
 # **Q3.** What does an error of 0.05 eV/atom mean for a materials scientist? Is it good?
 
 # %% [markdown] tags=["solution"]

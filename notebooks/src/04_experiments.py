@@ -15,14 +15,14 @@ import sys
 
 if "google.colab" in sys.modules:
     REPO = "https://github.com/cgcnn-lab/cgcnn-lab"  # the course's copy of this repository
-    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab @ git+{REPO}'")
+    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab[course] @ git+{REPO}'")
 
 # %%
 import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
+import otter
 import pandas as pd
 
 from cgcnn_lab.course import homework as hw
@@ -39,13 +39,15 @@ SEEDS = [0, 1] if FAST else [0, 1, 2]
 BASE_MODEL = dict(n_conv=1, atom_fea_len=16, h_fea_len=32) if FAST else dict(n_conv=3)
 raw, description = hw.energy_dataset(DATA_DIR, n=N_CRYSTALS, seed=0)
 print(description, "|", len(raw.entries), "crystals", "| FAST mode" if FAST else "")
+grader = otter.Notebook()  # grader.check("q4_1") runs the tests of exercise 4.1, from tests/q4_1.py
 
-# %% [markdown]
+# %% [markdown] question="q4_1" points=3
 # ### Exercise 4.1 — one run of the experiment
 # Complete `run_once(setting, seed)`: train on `raw` with the baseline plus the changes in `setting`, a dict
 # that may hold `max_neighbors` (a `DataOptions` field) and any `ModelConfig` field (`activation`,
 # `batchnorm`, `pool`). Return the test MAE per atom. The seed must change the split, the initialisation
-# and the shuffling (`TrainOptions(seed=seed)` does all three).
+# and the shuffling (`TrainOptions(seed=seed)` does all three). The check comes after the experiments below,
+# which call `run_once`.
 
 # %%
 def run_once(name, setting, seed):
@@ -89,10 +91,37 @@ for factor, settings in EXPERIMENTS.items():
                     baseline_runs[seed] = mae
             rows.append({"factor": factor, "setting": label, "seed": seed, "mae": mae})
 results = pd.DataFrame(rows)
-hw.check_shape(results["mae"].to_numpy(), (sum(len(s) for s in EXPERIMENTS.values()) * len(SEEDS),), "results")
-assert np.isfinite(results["mae"]).all(), "every run must give a finite MAE"
 summary = results.groupby(["factor", "setting"], sort=False)["mae"].agg(["mean", "std", "count"])
 summary.round(4)
+
+
+# %% tags=["test"]
+def test_experiments(results, EXPERIMENTS, SEEDS):
+    import numpy as np
+
+    from cgcnn_lab.course import homework as hw
+
+    mae = hw.defined(results, "results", "Exercise 4.1 (the experiments cell)")["mae"].to_numpy(dtype=float)
+    hw.check_shape(mae, (sum(len(s) for s in EXPERIMENTS.values()) * len(SEEDS),), "results")
+    assert np.isfinite(mae).all() and (mae > 0).all(), "every run must give a finite, positive test MAE per atom"
+
+
+# %% tags=["test", "hidden"]
+def test_seed_and_setting_are_used(results):
+    """Each seed gives another split and initialisation, and each setting another model: their MAEs differ."""
+    import numpy as np
+
+    for (factor, label), runs in results.groupby(["factor", "setting"], sort=False):
+        maes = runs["mae"].to_numpy(dtype=float)
+        assert not np.isclose(maes.min(), maes.max(), rtol=1e-5, atol=1e-8), (
+            f"{factor}, {label}: every seed gives the same MAE ({maes[0]:.5f}): pass the seed to TrainOptions(seed=seed)")
+    for factor, runs in results.groupby("factor", sort=False):
+        by_setting = runs.groupby("setting", sort=False)["mae"].apply(lambda m: m.to_numpy(dtype=float))
+        baseline = by_setting.iloc[0]
+        for label, maes in by_setting.iloc[1:].items():
+            assert not np.allclose(maes, baseline, rtol=1e-5, atol=1e-8), (
+                f"{label!r} gives the baseline's MAEs: the setting is not used (max_neighbors goes to DataOptions, "
+                "the other keys to ModelConfig(**BASE_MODEL, **setting))")
 
 # %%
 fig, axes = plt.subplots(1, len(EXPERIMENTS), figsize=(13, 3.8), sharey=True)
@@ -109,7 +138,7 @@ fig.suptitle(f"mean ± std over seeds {SEEDS} (dots: single runs)", fontsize=10)
 plt.tight_layout()
 plt.show()
 
-# %% [markdown]
+# %% [markdown] question="q4_w1" points=2
 # ## Written questions
 #
 # **Q1 (neighbours).** How does M change the error and the cost? Why?
@@ -122,7 +151,7 @@ plt.show()
 # reach them indirectly (the receptive field grows with each layer). So the error falls quickly up to about
 # M = 12 and then flattens, while the cost keeps growing: the default M = 12 is a compromise.
 
-# %% [markdown]
+# %% [markdown] question="q4_w2" points=2
 # **Q2 (activation, batch norm).** What did removing batch norm or changing the activation do, and why?
 
 # %% [markdown] tags=["solution"]
@@ -133,7 +162,7 @@ plt.show()
 # positions, which a smooth activation represents more naturally. Differences between activations are often
 # within the seed-to-seed spread: look at the error bars before concluding.
 
-# %% [markdown]
+# %% [markdown] question="q4_w3" points=2
 # **Q3 (pooling).** Mean, max or sum: which suits the energy per atom, and what would suit the total energy?
 
 # %% [markdown] tags=["solution"]

@@ -19,7 +19,7 @@ import sys
 
 if "google.colab" in sys.modules:
     REPO = "https://github.com/cgcnn-lab/cgcnn-lab"  # the course's copy of this repository
-    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab @ git+{REPO}'")
+    get_ipython().run_line_magic("pip", f"install -q 'cgcnn-lab[course] @ git+{REPO}'")
 
 # %%
 import os
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import otter
 import pandas as pd
 
 from cgcnn_lab.course import homework as hw
@@ -43,8 +44,9 @@ EPOCHS = 3 if FAST else 100
 SMALL = dict(n_conv=1, atom_fea_len=16, h_fea_len=32) if FAST else {}
 raw, threshold, description = hw.bandgap_dataset(DATA_DIR, n=N_CRYSTALS, seed=0)
 print(description, "|", len(raw.entries), "crystals with a label", "| FAST mode" if FAST else "")
+grader = otter.Notebook()  # grader.check("q5_1") runs the tests of exercise 5.1, from tests/q5_1.py
 
-# %% [markdown]
+# %% [markdown] question="q5_1" points=2
 # ### Exercise 5.1 — labels and the baseline to beat
 # From the targets, make `labels` (1 = non-metal, gap above `threshold`; 0 = metal) and compute
 # `majority_accuracy`, the accuracy of always answering the most common class.
@@ -57,13 +59,38 @@ gaps = np.array([e.targets[0] for e in raw.entries])
 labels = (gaps > threshold).astype(int) if threshold is not None else gaps.astype(int)
 majority_accuracy = max(labels.mean(), 1 - labels.mean())
 # END SOLUTION
-hw.check_shape(labels, (len(raw.entries),), "labels")
-assert set(np.unique(labels)) <= {0, 1}, "labels are 0 or 1"
-hw.check_close(majority_accuracy, np.bincount(labels).max() / len(labels), "majority accuracy")
 print(f"{labels.sum()} non-metals, {len(labels) - labels.sum()} metals: always guessing the majority class "
       f"gives accuracy {majority_accuracy:.2f}")
 
-# %% [markdown]
+
+# %% tags=["test"]
+def test_labels_and_baseline(labels, majority_accuracy, raw):
+    import numpy as np
+
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_shape(hw.defined(labels, "labels", "Exercise 5.1"), (len(raw.entries),), "labels")
+    assert set(np.unique(labels).tolist()) <= {0, 1}, "labels are 0 (metal) or 1 (non-metal)"
+    hw.check_close(hw.defined(majority_accuracy, "majority_accuracy", "Exercise 5.1"),
+                   np.bincount(np.asarray(labels, dtype=int)).max() / len(labels), "majority accuracy")
+
+
+# %% tags=["test", "hidden"]
+def test_labels_at_the_threshold(labels, gaps, threshold):
+    """A gap of exactly 0 is a metal: label = gap > threshold (strictly), and the label follows the gap."""
+    import numpy as np
+
+    from cgcnn_lab.course import homework as hw
+
+    want = (gaps > threshold).astype(int) if threshold is not None else gaps.astype(int)
+    at = np.isclose(gaps, threshold) if threshold is not None else np.zeros(len(gaps), dtype=bool)
+    ones_at_threshold = int(np.asarray(labels)[at].sum())
+    assert ones_at_threshold == 0, (
+        f"{ones_at_threshold} crystals with a gap of exactly {threshold} eV are labelled non-metal: a metal has "
+        "no gap, so use gaps > threshold, not >=")
+    hw.check_close(labels, want, "labels vs (gaps > threshold)")
+
+# %% [markdown] question="q5_2" points=2
 # ### Exercise 5.2 — train the classifier
 # Call `train` with `DataOptions(threshold=threshold)`, `ModelConfig(task="classification", n_outputs=2, **SMALL)` and
 # `TrainOptions(epochs=EPOCHS, batch_size=32, seed=0, out=hw.run_dir("nb5-metal"), progress=False)`.
@@ -79,6 +106,30 @@ result = train(
 )
 # END SOLUTION
 print({k: round(v, 3) for k, v in result.metrics.items() if k in ("test_accuracy", "test_auc", "test_f1")})
+
+
+# %% tags=["test"]
+def test_classifier(result):
+    from cgcnn_lab.course import homework as hw
+
+    metrics = hw.defined(result, "result", "Exercise 5.2").metrics
+    for name in ("test_accuracy", "test_auc"):
+        assert name in metrics, f"no {name} in result.metrics: train with ModelConfig(task='classification', ...)"
+        assert 0 <= metrics[name] <= 1, f"{name} = {metrics[name]} is not in [0, 1]"
+
+
+# %% tags=["test", "hidden"]
+def test_classifier_as_asked(result, threshold, EPOCHS):
+    """The run folder's config.json: a two-class classifier on gap > threshold, trained for EPOCHS epochs."""
+    import json
+
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["model"]["task"] == "classification" and config["model"]["n_outputs"] == 2, (
+        "ModelConfig(task='classification', n_outputs=2)")
+    used = config["data"]["threshold"]
+    assert (used is None) == (threshold is None) and (used is None or abs(used - threshold) < 1e-9), (
+        f"DataOptions(threshold=threshold): the run used threshold {used}, the labels {threshold}")
+    assert config["train"]["epochs"] == EPOCHS, f"train for EPOCHS = {EPOCHS} epochs"
 
 # %% [markdown]
 # ## Accuracy, ROC-AUC and the ROC curve
@@ -128,7 +179,7 @@ if HAVE_OXIDES:
 else:  # no generated stand-in: "other oxides" made by a generator would test the generator, not chemistry
     print(f"{OXIDES} not found: this part needs the course data")
 
-# %% [markdown]
+# %% [markdown] question="q5_4" points=2
 # ### Exercise 5.4 — the rule to beat
 # Write `is_abo3(formula)`: True when the **reduced** formula has oxygen 3 and exactly two other elements, once
 # each. Then score the rule "ABO3 means perovskite" on all oxides and on the ABO3 members alone.
@@ -145,7 +196,6 @@ def is_abo3(formula: str) -> bool:
 
 
 # END SOLUTION
-hw.check_abo3(is_abo3)
 if HAVE_OXIDES:
     abo3 = oxides.formula.map(is_abo3).to_numpy()
     y_ox = oxides.is_perovskite.to_numpy()
@@ -153,7 +203,28 @@ if HAVE_OXIDES:
     print(f"{abo3.sum()} ABO3 members; the rule is right on {rule_right.mean():.1%} of all oxides and on "
           f"{rule_right[abo3].mean():.1%} of the ABO3 members")
 
-# %% [markdown]
+
+# %% tags=["test"]
+def test_abo3(is_abo3):
+    from cgcnn_lab.course import homework as hw
+
+    hw.check_abo3(hw.defined(is_abo3, "is_abo3", "Exercise 5.4"))
+
+
+# %% tags=["test", "hidden"]
+def test_abo3_more_formulas(is_abo3):
+    """Formulas the public test does not try: element order, a larger unreduced cell, double perovskites and
+    layered oxides."""
+    probes = {"BaZrO3": True, "TiSrO3": True, "Sr3Ti3O9": True, "LaAlO3": True, "Ba2FeMoO6": False,
+              "La2NiO4": False, "Ca3Ti2O7": False, "Fe2O3": False, "SrTiO3F": False}
+    import numpy as np
+
+    for formula, want in probes.items():
+        got = is_abo3(formula)
+        assert isinstance(got, (bool, np.bool_)) and bool(got) == want, (
+            f"is_abo3({formula!r}) returned {got!r}, expected {want}")
+
+# %% [markdown] question="q5_5" points=2
 # ### Exercise 5.5 — a CGCNN on the structures
 # Train a classifier on the oxides with `report_subset=["ABO3"]`, which scores the test crystals whose reduced
 # formula fits the pattern on their own (`test_accuracy_ABO3` in the metrics). The split is stratified: every
@@ -180,7 +251,33 @@ if HAVE_OXIDES:
           f"{m_ox.get('test_accuracy_ABO3', float('nan')):.3f} on their {m_ox['n_test_ABO3']} ABO3 members "
           f"(the rule: {rule_right[abo3].mean():.3f} there)")
 
-# %% [markdown]
+
+# %% tags=["test"]
+def test_oxide_classifier(HAVE_OXIDES, result_ox):
+    from cgcnn_lab.course import homework as hw
+
+    assert HAVE_OXIDES, "perovskite_vs_oxides.csv.gz is missing: this exercise needs the course data (CGCNN_DATA)"
+    metrics = hw.defined(result_ox, "result_ox", "Exercise 5.5").metrics
+    assert "test_accuracy" in metrics, "train a classifier: ModelConfig(task='classification', n_outputs=2, ...)"
+    assert metrics.get("n_test_ABO3", 0) > 0 and "test_accuracy_ABO3" in metrics, (
+        "no ABO3 scores in the metrics: TrainOptions(..., report_subset=['ABO3'])")
+
+
+# %% tags=["test", "hidden"]
+def test_oxide_classifier_as_asked(result_ox, raw_ox, EPOCHS):
+    """The run folder: the oxides (all of raw_ox split three ways), EPOCHS epochs, test probabilities in [0, 1]."""
+    import json
+
+    import pandas as pd
+
+    config = json.loads((result_ox.out / "config.json").read_text())
+    assert config["train"]["epochs"] == EPOCHS, f"train for EPOCHS = {EPOCHS} epochs"
+    split = result_ox.split
+    assert len(split.train) + len(split.val) + len(split.test) == len(raw_ox.entries), "train on raw_ox"
+    p1 = pd.read_csv(result_ox.out / "test_results.csv")["p1"]
+    assert p1.between(0, 1).all(), "test_results.csv: p1 is a probability"
+
+# %% [markdown] question="q5_w5_5" points=2
 # **Q5.5.** A network with `conv="none"` sees which elements a crystal holds, not how they are arranged. What can
 # it learn on the ABO3 members, and how close to the rule do you expect it to land? What do the structures that
 # the best CGCNN still gets wrong have in common (`docs/experiments.md` lists them)?
@@ -197,7 +294,8 @@ if HAVE_OXIDES:
 # reaches 99 % on this subset. What it still gets wrong is mostly the labels' convention. Ordered double
 # perovskites labelled "other" are structurally perovskites. It also misses strongly distorted polar
 # perovskites such as PbTiO3.
-#
+
+# %% [markdown] question="q5_w1" points=2
 # ## Written questions
 #
 # **Q1.** Why report ROC-AUC and not only accuracy? When is accuracy misleading?
@@ -208,7 +306,7 @@ if HAVE_OXIDES:
 # of the threshold and of the class balance, and is 0.5 for any uninformative model. Here the classes are
 # nearly balanced (167 metals of 332), so both are informative; always compare with the majority baseline.
 
-# %% [markdown]
+# %% [markdown] question="q5_w2" points=2
 # **Q2.** The labels come from PBE band gaps with a threshold at exactly 0. What does that mean for the
 # crystals near the boundary, and for the best accuracy one can hope for?
 

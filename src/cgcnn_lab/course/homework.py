@@ -38,6 +38,7 @@ __all__ = [
     "check_shape",
     "check_species",
     "data_dir",
+    "defined",
     "energy_dataset",
     "fast_mode",
     "inline_plots",
@@ -86,6 +87,14 @@ def _np(value) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- generic
+
+
+def defined(value, name: str, exercise: str):
+    """``value``; a hint instead of a TypeError when it is None: the autograder's tests receive None for a name
+    the notebook never defined (its cell raised, or was not run)."""
+    if value is None:
+        raise HomeworkCheckError(f"{name} is not defined: complete {exercise} and run its cell (and the cells above)")
+    return value
 
 
 def check_shape(

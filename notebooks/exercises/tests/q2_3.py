@@ -1,0 +1,12 @@
+from otter.test_files import test_case
+
+OK_FORMAT = False
+
+name = "q2_3"
+points = 3
+
+@test_case(points=None, hidden=False)
+def test_gated_conv(MyGatedConv):
+    from cgcnn_lab.course import homework as hw
+    hw.check_conv(hw.defined(MyGatedConv, 'MyGatedConv', 'Exercise 2.3'), 'gated')
+

@@ -1,0 +1,20 @@
+from otter.test_files import test_case
+
+OK_FORMAT = False
+
+name = "q3_1"
+points = 1
+
+@test_case(points=None, hidden=False)
+def test_energy_per_atom(energy_per_atom, energies, n_atoms, dataset):
+    from cgcnn_lab.course import homework as hw
+    hw.check_shape(hw.defined(energy_per_atom, 'energy_per_atom', 'Exercise 3.1'), (len(dataset),), 'energy_per_atom')
+    hw.check_close(energy_per_atom * n_atoms, energies, 'energy_per_atom × n_atoms vs the total energy', rtol=1e-06)
+
+@test_case(points=None, hidden=True)
+def test_energy_per_atom_from_the_dataset(energy_per_atom, energies, dataset):
+    """Against the dataset itself: `energies` must still hold the totals (no in-place division)."""
+    from cgcnn_lab.course import homework as hw
+    hw.check_close(energies, dataset.targets[:, 0], 'energies (still the total energies of the cells)', rtol=1e-06)
+    hw.check_close(energy_per_atom, dataset.targets[:, 0] / dataset.n_atoms, 'energy_per_atom', rtol=1e-06)
+
