@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cgcnn_lab.data.sources import (
+from cgcnn_lab.data.entries import (
     DataError,
     Entry,
     ProblemLog,
     RawDataset,
-    _check_duplicates,
-    _parse_failure,
-    _some,
+    check_duplicates,
     is_atoms,
+    parse_failure,
     parse_target,
+    some,
     summarize_problems,
 )
 
@@ -162,7 +162,7 @@ def _read_db(path: Path) -> list[_Frame]:
             frames.append(_Frame(f"{path} row id {row.id}", f"{_stem(path)}-{row.id}", atoms,
                                  {**frame_properties(atoms), **row.key_value_pairs}))
     except Exception as err:  # noqa: BLE001  sqlite/ASE raise many types for a damaged file
-        raise DataError(f"{path}: unreadable ASE database: {_parse_failure(err, [])}") from None
+        raise DataError(f"{path}: unreadable ASE database: {parse_failure(err, [])}") from None
     if not frames:
         raise DataError(f"{path}: empty ASE database: no rows")
     return frames
@@ -191,7 +191,7 @@ def _read_ase(path: Path, fmt: str | None) -> list[_Frame]:
             for k, atoms in enumerate(ase.io.iread(str(path), index=":", format=fmt)):
                 frames.append(_Frame(f"{path} frame {k}", "", atoms, frame_properties(atoms)))
     except Exception as err:  # noqa: BLE001  ASE raises anything on a broken file
-        reason = _parse_failure(err, caught)
+        reason = parse_failure(err, caught)
         if not frames:
             raise DataError(f"{path}: unreadable {kind}: {reason}") from None
         frames.append(_Frame(f"{path} frame {len(frames)}", "", None, {}, f"unreadable {kind}: {reason} (the frames "
@@ -219,7 +219,7 @@ def _read_pymatgen(path: Path) -> list[_Frame]:
         if "unrecognized extension" in str(err).lower():
             raise DataError(f"{path}: not a format cgcnn-lab reads: expected a CGCNN folder, a table (.csv, .csv.gz, "
                             f".json, .parquet) or a structure file ({KNOWN})") from None
-        raise DataError(f"{path}: unreadable structure file: {_parse_failure(err, caught)}") from None
+        raise DataError(f"{path}: unreadable structure file: {parse_failure(err, caught)}") from None
     return [_Frame(str(path), _stem(path), structure, {})]
 
 
@@ -280,7 +280,7 @@ def read_structure_files(
         candidates = numeric_properties(readable)
         if candidates:
             raise DataError(f"{source}: name the target(s) with --target NAME (e.g. --target {candidates[0]}); "
-                            f"numeric per-frame properties: {_some(candidates, 12)}")
+                            f"numeric per-frame properties: {some(candidates, 12)}")
         raise DataError(f"{source}: no targets to train on: structure files carry none (--target NAME reads per-frame "
                         "properties of extxyz files and ASE databases). Give the targets in id_prop.csv next to the "
                         "CIFs (ID,target per line) or in a table; `cgcnn-lab predict` reads these files as they are")
@@ -289,7 +289,7 @@ def read_structure_files(
             held = numeric_properties(readable)
             raise DataError(f"{source}: no structure has the property {target!r} (--target NAME reads per-frame "
                             "properties of extxyz files and ASE databases); "
-                            + (f"numeric properties: {_some(held, 12)}" if held else "these files carry none"))
+                            + (f"numeric properties: {some(held, 12)}" if held else "these files carry none"))
 
     entries: list[Entry] = []
     for frame in frames:
@@ -307,7 +307,7 @@ def read_structure_files(
             log.add(frame.where, entry_id, str(err).removeprefix(f"{frame.where}: "))
             continue
         entries.append(Entry(entry_id, frame.where, content, values))
-    entries = _check_duplicates(entries, log)
+    entries = check_duplicates(entries, log)
     if not entries:
         if len(log.problems) == 1:
             raise DataError(str(log.problems[0]))
@@ -328,10 +328,10 @@ def read_structure_folder(
     others = [p.name for p in files if not file_format(p)]
     ignored = [name for name in others if name != atom_init.name]
     if not structures:
-        held = f"none of its {len(others)} file(s) ({_some(others)}) is one by its name" if others else "it is empty"
+        held = f"none of its {len(others)} file(s) ({some(others)}) is one by its name" if others else "it is empty"
         raise DataError(f"{folder}: no id_prop.csv and no structure files ({held}); expected the CGCNN layout "
                         f"(id_prop.csv + ID.cif) or structure files ({KNOWN})")
     notes = [(f"{len(ignored)} file(s) in {folder} are not structure files by their name and were ignored "
-              f"({_some(ignored)})")] if ignored else []
+              f"({some(ignored)})")] if ignored else []
     return read_structure_files(structures, targets, id_col, strict, require_targets, name=folder.resolve().name,
                                 source=str(folder), notes=notes, atom_init=atom_init if atom_init.is_file() else None)

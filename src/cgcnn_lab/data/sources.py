@@ -16,118 +16,33 @@ import io
 import json
 import math
 import warnings
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from cgcnn_lab.data.entries import (  # noqa: F401  DataError, Entry, ...: importable from here, as always
+    DataError,
+    Entry,
+    Problem,
+    ProblemLog,
+    RawDataset,
+    check_duplicates,
+    is_atoms,
+    is_structure,
+    parse_failure,
+    parse_target,
+    problem_kind,
+    some,
+    summarize_problems,
+)
 
 if TYPE_CHECKING:  # pymatgen is imported where structures are parsed: a cached run never pays for it
     from pymatgen.core import Structure
 
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz", ".parquet", ".pq")
 STRUCTURE_COLUMNS = ("structure", "cif", "structure_json", "atoms")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file/row and the problem."""
-
-
-@dataclass
-class Entry:
-    """One crystal before featurisation. ``content`` is the raw text (CIF or pymatgen JSON) or a Structure."""
-
-    id: str
-    where: str  # e.g. "data/123.cif" or "table.csv.gz row 17": used in every message about this entry
-    content: str | Structure
-    targets: np.ndarray | None = None  # float64 [T]; None when the data has no targets (prediction)
-    extra: dict | None = None  # other table columns asked for (e.g. a fold column)
-
-
-@dataclass
-class Problem:
-    where: str
-    id: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-@dataclass
-class RawDataset:
-    """Entries plus everything a run needs to know about their origin."""
-
-    name: str
-    entries: list[Entry]
-    target_names: list[str]
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    atom_init: Path | None = None  # an atom_init.json shipped with a CGCNN folder
-
-    @property
-    def has_targets(self) -> bool:
-        return bool(self.target_names) and all(e.targets is not None for e in self.entries)
-
-
-class ProblemLog:
-    """Collects problems; raises on the first one in strict mode."""
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.problems: list[Problem] = []
-
-    def add(self, where: str, entry_id: str, message: str) -> None:
-        problem = Problem(where, entry_id, message)
-        if self.strict:
-            raise DataError(f"{problem} (strict mode; drop --strict to skip bad entries)")
-        self.problems.append(problem)
-
-
-def problem_kind(message: str) -> str:
-    """The kind of a problem: its message up to the first ':' or '(' (messages are written "kind: detail")."""
-    return message.split(":")[0].split("(")[0].strip()
-
-
-def summarize_problems(problems: Sequence[Problem], limit: int = 8) -> str:
-    """One short block: counts by kind and the first few messages, never one line per structure."""
-    if not problems:
-        return ""
-    kinds = Counter(problem_kind(p.message) for p in problems)
-    head = f"skipped {len(problems)} entr{'y' if len(problems) == 1 else 'ies'}: " + ", ".join(
-        f"{n} × {k}" for k, n in kinds.most_common()
-    )
-    lines = [head] + [f"  {p}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
-    return "\n".join(lines)
-
-
-def parse_target(text: object, where: str, column: str) -> float:
-    """A finite float, or a DataError explaining what the cell held (``None`` means an empty/null cell)."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        raise DataError(f"{where}: missing target '{column}' (empty cell)")
-    try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: target '{column}' is not a number: {str(text)[:40]!r}") from None
-    if not math.isfinite(value):
-        raise DataError(f"{where}: target '{column}' is not finite: {str(text).strip()[:40]!r}")
-    return value
-
-
-def _check_duplicates(entries: list[Entry], log: ProblemLog) -> list[Entry]:
-    seen: dict[str, str] = {}
-    kept = []
-    for e in entries:
-        if e.id in seen:
-            log.add(e.where, e.id, f"duplicate id: {e.id!r} (first seen at {seen[e.id]})")
-            continue
-        seen[e.id] = e.where
-        kept.append(e)
-    return kept
 
 
 # ---------------------------------------------------------------- CGCNN folder: id_prop.csv + ID.cif
@@ -217,8 +132,8 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
     if unlisted:
         note = f"{len(unlisted)} CIF file(s) in {folder} are not listed in id_prop.csv and were ignored"
         if without_cif:  # ids without a file next to files without an id: the names probably do not match
-            note += (f" ({_some(unlisted)}), while {len(without_cif)} id(s) of id_prop.csv have no CIF "
-                     f"({_some([f'{i}.cif' for i in without_cif])}): do the ids match the file names?")
+            note += (f" ({some(unlisted)}), while {len(without_cif)} id(s) of id_prop.csv have no CIF "
+                     f"({some([f'{i}.cif' for i in without_cif])}): do the ids match the file names?")
         notes.append(note)
     atom_init = folder / "atom_init.json"
     return RawDataset(
@@ -231,14 +146,10 @@ def read_cgcnn_folder(folder: str | Path, strict: bool = False, require_targets:
     )
 
 
-def _some(names: Sequence[str], k: int = 3) -> str:
-    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
-
-
 def _no_cif_matches(folder: Path, without_cif: list[str], cif_names: list[str]) -> str:
     """Two lines: none of the ids has its ID.cif, and what the folder holds instead."""
     head = (f"{folder}: none of the {len(without_cif)} id(s) in id_prop.csv has its CIF file "
-            f"(no {_some([f'{i}.cif' for i in without_cif])})")
+            f"(no {some([f'{i}.cif' for i in without_cif])})")
     if not cif_names:
         return f"{head}\n  the folder holds no .cif files: put one ID.cif per id of id_prop.csv next to it"
     by_lower = {name.lower(): name for name in cif_names}
@@ -246,7 +157,7 @@ def _no_cif_matches(folder: Path, without_cif: list[str], cif_names: list[str]) 
     if case:
         return (f"{head}\n  {len(case)} of them have a CIF file whose name differs only in upper/lower case "
                 f"(e.g. {case[0]}): name each file ID.cif, the id written exactly as in id_prop.csv")
-    return (f"{head}\n  the folder holds {len(cif_names)} CIF file(s) under other names ({_some(cif_names)}): "
+    return (f"{head}\n  the folder holds {len(cif_names)} CIF file(s) under other names ({some(cif_names)}): "
             "each id in id_prop.csv must be the name of its CIF file without .cif")
 
 
@@ -393,7 +304,7 @@ def read_table(
                 log.add(where, entry_id, str(err).split(": ", 1)[1])
                 continue
         entries.append(Entry(entry_id, where, content, values, extras[row] if extras else None))
-    entries = _check_duplicates(entries, log)
+    entries = check_duplicates(entries, log)
     return RawDataset(name=path.name.split(".")[0], entries=entries, target_names=list(targets), problems=log.problems)
 
 
@@ -495,7 +406,7 @@ def from_structures(
             log.add(where, entry_id, f"target is not finite: {row.tolist()}")
             continue
         entries.append(Entry(entry_id, where, s, row))
-    entries = _check_duplicates(entries, log)
+    entries = check_duplicates(entries, log)
     return RawDataset("structures", entries, names, log.problems)
 
 
@@ -559,17 +470,6 @@ CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_
              "_cell_angle_gamma")
 
 
-def is_structure(obj: object) -> bool:
-    """A pymatgen Structure, recognised without importing pymatgen (it takes ~1 s to import)."""
-    return any(c.__name__ in ("Structure", "IStructure") and c.__module__.startswith("pymatgen.")
-               for c in type(obj).__mro__)
-
-
-def is_atoms(obj: object) -> bool:
-    """An ASE ``Atoms``, recognised without importing ASE (it takes ~1 s to import)."""
-    return any(c.__name__ == "Atoms" and c.__module__.startswith("ase.") for c in type(obj).__mro__)
-
-
 def parse_structure(entry: Entry) -> Structure:
     """Parse and sanity-check one entry; raise DataError with the entry's location and the problem."""
     from pymatgen.core import Structure
@@ -592,19 +492,8 @@ def parse_structure(entry: Entry) -> Structure:
                 missing = [k for k in CELL_KEYS if k not in text]
                 if missing and "_atom_site" in text:  # a CIF with atoms but no cell: say so, not "no structures"
                     raise DataError(f"{entry.where}: {kind}: no cell parameters ({', '.join(missing)} missing)") from None
-            raise DataError(f"{entry.where}: {kind}: {_parse_failure(err, caught)}") from None
+            raise DataError(f"{entry.where}: {kind}: {parse_failure(err, caught)}") from None
     return check_structure(structure, entry.where)
-
-
-def _parse_failure(err: Exception, caught: Sequence[warnings.WarningMessage]) -> str:
-    """pymatgen's reason (often cryptic for truncated files) plus its first warnings, one line, bounded."""
-    if isinstance(err, KeyError):
-        reason = f"missing key {err}"
-    else:
-        text = str(err).strip()
-        reason = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    hints = "; ".join(str(w.message).strip().splitlines()[0] for w in caught[:2] if str(w.message).strip())
-    return f"{reason[:200]}{' (' + hints[:200] + ')' if hints else ''}; is the file truncated or not a structure?"
 
 
 def check_structure(structure: Structure, where: str) -> Structure:
