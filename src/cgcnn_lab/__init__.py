@@ -5,7 +5,8 @@ The Python API has the command line's verbs, with the same options (keyword argu
 
     import cgcnn_lab
     result = cgcnn_lab.train("data.csv", targets=["e_form"], unit="eV", preset="matbench", epochs=50, out="runs/m")
-    pred = cgcnn_lab.predict("runs/m", structures)      # pymatgen Structures, or a data folder / table
+    pred = cgcnn_lab.predict("runs/m", structures)      # pymatgen Structures, ASE Atoms, a data folder / table,
+                                                        # or structure files (POSCAR, extxyz, ...)
     pred.frame()                                        # id, prediction (and target, prediction_std, ...)
     model = cgcnn_lab.load("runs/m")                    # a run folder, checkpoint or original .pth.tar
 
@@ -14,14 +15,12 @@ Each verb imports what it needs when called: ``import cgcnn_lab`` is free.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-try:
-    __version__ = version("cgcnn-lab")  # pyproject.toml's, the one source
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "unknown"
-__all__ = ["load", "predict", "train"]
+from cgcnn_lab.version import __version__
+
+__all__ = ["__version__", "compare", "embed", "ensemble", "explain", "export", "featurize", "load", "models", "predict",
+           "train"]
 
 
 def load(model: str | Path, atom_init: str | Path | None = None):
@@ -32,31 +31,43 @@ def load(model: str | Path, atom_init: str | Path | None = None):
     return load_trained(model, atom_init)
 
 
+def _is_path(data) -> bool:
+    """A path, or a list of paths (structure files): read as ``cgcnn-lab`` reads its DATA argument."""
+    return isinstance(data, (str, Path)) or (
+        isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, Path)) for d in data))
+
+
 def _raw(data, y=None, **read):
-    """A path (CGCNN folder or table) read as ``cgcnn-lab`` reads it, or pymatgen Structures (with targets)."""
-    from cgcnn_lab.data.sources import RawDataset, from_structures, load_dataset
+    """A path (CGCNN folder, table, structure file) or a list of structure files read as ``cgcnn-lab`` reads them,
+    or pymatgen Structures / ASE Atoms (with targets ``y``; ASE frames may carry their own, named by ``targets``)."""
+    from cgcnn_lab.data.sources import RawDataset, from_structures, is_atoms, is_structure, load_dataset
 
     if isinstance(data, RawDataset):
         return data
-    if isinstance(data, (str, Path)):
-        return load_dataset(str(data), read.get("targets") or [], read.get("id_col"), read.get("structure_col"),
-                            read.get("strict", False), require_targets=False)
+    if _is_path(data):
+        return load_dataset(str(data) if isinstance(data, (str, Path)) else data, read.get("targets") or [],
+                            read.get("id_col"), read.get("structure_col"), read.get("strict", False),
+                            require_targets=False)
+    if is_structure(data) or is_atoms(data):  # one crystal, not an iterable of its sites
+        data = [data]
     return from_structures(list(data), y, target_names=read.get("targets"), strict=True)
 
 
 def predict(model: str | Path, data, *, ensemble=(), atom_init: str | Path | None = None, **read):
-    """``Predictions`` of ``model`` (and the mean of ``ensemble`` models) for ``data``: pymatgen Structures, or a
-    CGCNN folder / table path (``targets=[...]``, ``id_col``, ``structure_col`` as on the command line; with
-    targets, ``.scores()`` gives the errors). ``np.asarray(predictions)`` is the [S, T] array in the data's unit."""
+    """``Predictions`` of ``model`` (and the mean of ``ensemble`` models) for ``data``: pymatgen Structures, ASE
+    Atoms, or a CGCNN folder / table / structure file path or a list of structure files (``targets=[...]``,
+    ``id_col``, ``structure_col`` as on the command line; with targets, ``.scores()`` gives the errors).
+    ``np.asarray(predictions)`` is the [S, T] array in the data's unit."""
     from cgcnn_lab.inference import predict_data
 
-    structures = not isinstance(data, (str, Path))
+    structures = not _is_path(data)
     return predict_data([model, *ensemble], _raw(data, **read), atom_init, cache_dir=read.get("cache_dir"),
                         use_cache=not structures, strict=structures, log=lambda *_: None)
 
 
 def train(data, y=None, *, preset: str | None = None, log=print, **options):
-    """Train one model, as ``cgcnn-lab train``: ``data`` is a path, or pymatgen Structures with targets ``y``;
+    """Train one model, as ``cgcnn-lab train``: ``data`` is a path, or pymatgen Structures / ASE Atoms with
+    targets ``y`` (or, for ASE frames, ``targets=["energy"]``: their own properties);
     ``options`` are any option fields (``epochs=50``, ``conv="shared"``, ``per_atom=True``, ``out="runs/x"``),
     and win over the ``preset``'s values. Returns the ``RunResult`` (``.metrics``, ``.out``)."""
     from cgcnn_lab.model.config import ModelConfig
@@ -75,3 +86,91 @@ def train(data, y=None, *, preset: str | None = None, log=print, **options):
         data_opts.source = str(data)
     raw = None if path else _raw(data, y, targets=data_opts.targets or None)
     return run(data_opts, model, opts, raw=raw, log=log)
+
+
+def models() -> list[dict]:
+    """The cards of the models shipped with cgcnn-lab (``cgcnn-lab models``); use one by its ``name`` anywhere a
+    model is taken."""
+    from cgcnn_lab import zoo
+
+    return [zoo.card(name) for name in zoo.names()]
+
+
+def _dataset(model: str | Path, data, atom_init=None, **read):
+    """(model, dataset of ``data`` featurised with the model's graph settings), as ``embed`` and ``explain`` need."""
+    from cgcnn_lab.data.dataset import build_dataset
+    from cgcnn_lab.inference import load_trained
+
+    raw = _raw(data, **read)
+    trained = load_trained(model, atom_init=atom_init or raw.atom_init)
+    structures = not _is_path(data)
+    return trained, build_dataset(raw, trained.graph_config, trained.encoding, read.get("cache_dir"),
+                                  use_cache=not structures, strict=structures)
+
+
+def embed(model: str | Path, data, *, atoms: bool = False, atom_init: str | Path | None = None, **read):
+    """``Embeddings`` (``.ids``, ``.vectors`` [S, F], ``.frame()``, ``.write(path)``) of ``data`` by ``model``,
+    as ``cgcnn-lab embed``; ``atoms=True`` adds each atom's vector."""
+    from cgcnn_lab.embedding import embed as run
+
+    return run(*_dataset(model, data, atom_init, **read), atoms=atoms)
+
+
+def explain(model: str | Path, data, *, atom_init: str | Path | None = None, **read):
+    """Per-site contributions (a DataFrame: id, site, element, contribution, crystal_value) of a model trained
+    with ``readout="atom"``, as ``cgcnn-lab explain``."""
+    from cgcnn_lab.contributions import site_contributions
+
+    return site_contributions(*_dataset(model, data, atom_init, **read))
+
+
+def export(model: str | Path, out: str | Path, *, format: str = "cgcnn-original", atom_init=None) -> Path:
+    """Write ``model`` as ``format``: "safetensors" (a packaged folder), "torchscript" (one file predicting with
+    torch alone) or "cgcnn-original" (the original code's .pth.tar), as ``cgcnn-lab export``. Returns ``out``."""
+    from cgcnn_lab.deploy import export as run
+
+    run(model, out, format, atom_init)
+    return Path(out)
+
+
+def ensemble(members, data, out: str | Path, *, select: bool = False, log=print, **read) -> dict:
+    """An ensemble folder of run folders trained on one split, spread calibrated on validation, as ``cgcnn-lab
+    ensemble`` (``data``: the data they were trained on). Returns its record (scale, test coverage, ...)."""
+    from cgcnn_lab.ensembles import build
+
+    return build(list(members), _raw(data, **read), out, select=select, log=log, cache_dir=read.get("cache_dir"))
+
+
+def featurize(data, **options):
+    """The featurised dataset (``CrystalDataset``: graphs, ids, targets) of ``data`` with the graph options given
+    (``radius=8.0``, ``max_neighbors=12``, ...), cached as ``cgcnn-lab featurize`` caches it."""
+    from cgcnn_lab.data.dataset import build_dataset
+    from cgcnn_lab.data.elements import choose_encoding
+    from cgcnn_lab.training.options import DataOptions, set_options
+
+    data_opts, = set_options((DataOptions(),), options)
+    raw = _raw(data, targets=data_opts.targets or None)
+    return build_dataset(raw, data_opts.graph, choose_encoding(data_opts.atom_init, raw.atom_init),
+                         data_opts.cache_dir, data_opts.use_cache and _is_path(data), data_opts.strict, data_opts.jobs)
+
+
+def compare(data, grid: dict[str, list], *, seeds: int = 3, mode: str = "grid", parallel: int = 1,
+            preset: str | None = None, log=print, **options):
+    """Train every variant of ``grid`` ({"conv": ["gated", "shared"]}) over ``seeds`` seeds on identical splits
+    and report, as ``cgcnn-lab compare``; returns the results table (a DataFrame)."""
+    from cgcnn_lab.experiments import base_value, full_grid, one_at_a_time
+    from cgcnn_lab.experiments import compare as run
+    from cgcnn_lab.model.config import ModelConfig
+    from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
+    from cgcnn_lab.training.presets import preset as named
+
+    options.setdefault("out", f"runs/compare-{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}")
+    data_opts, model, opts = set_options((DataOptions(source=str(data)), ModelConfig(),
+                                          TrainOptions(asked=tuple(options))), options)
+    if preset:
+        data_opts, model, opts = named(preset).apply(data_opts, model, opts, keep=options)
+    grid = {k: [str(v) for v in values] for k, values in grid.items()}
+    variants = (one_at_a_time(grid, {k: base_value(k, data_opts, model, opts) for k in grid}) if mode ==
+                "one-at-a-time" else full_grid(grid))
+    return run(data_opts, model, opts, variants, [opts.seed + k for k in range(seeds)], opts.out, jobs=parallel,
+               log=log)

@@ -97,6 +97,9 @@ def resolve_checkpoint(model: str | Path) -> Path:
         best = path / "checkpoints" / "best.ckpt"
         if best.is_file():
             return best
+        if (path / "ensemble.json").exists():
+            raise CheckpointError(f"{path} is an ensemble (cgcnn-lab ensemble): predict with it; to load one model, "
+                                  "load one of the members its ensemble.json lists")
         if (path / "id_prop.csv").exists():
             raise CheckpointError(f"{path} is a data folder (it has id_prop.csv), not a model; {MODEL_ARGUMENT}")
         if (path / "fold0" / "checkpoints" / "best.ckpt").is_file():

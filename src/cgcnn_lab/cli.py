@@ -1,4 +1,5 @@
-"""The ``cgcnn-lab`` command: train, predict, export, featurize, explain, compare, demo.
+"""The ``cgcnn-lab`` command: train, predict, embed, export, models, serve, featurize, explain, compare,
+demo.
 
 Every option is generated from the dataclass field that defines it (``ModelConfig``, ``DataOptions``,
 ``TrainOptions``; see ``optionfield.py``), so every command that trains takes exactly the same options with the
@@ -25,6 +26,7 @@ from cgcnn_lab.training.options import DataOptions, TrainOptions
 GROUPS = {"data": "data", "graph": "crystal graph", "target": "target", "model": "model", "split": "split",
           "training": "training"}
 TRAINING = (DataOptions, ModelConfig, TrainOptions)
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx", "cgcnn-original")  # deploy.export's; here without importing torch
 
 
 def _converter(f: Field):
@@ -139,20 +141,48 @@ def cmd_predict(args) -> int:
     pred.to_csv(out)
     unit = f" ({pred.unit})" if pred.unit else ""
     print(f"wrote {len(pred)} predictions{unit} to {out} in {time.perf_counter() - start:.1f} s")
+    if len(pred) == 1:  # one structure (a POSCAR, one frame): the answer itself, not only a file holding it
+        print(one_prediction(pred))
     return 0
 
 
-def cmd_explain(args) -> int:
+def one_prediction(pred) -> str:
+    """``id: value unit`` of the first crystal (``± spread`` for an ensemble, the value per atom for a per-atom
+    model), or its most probable class with the probability."""
+    from cgcnn_lab.spec import with_unit
+
+    spec, values, name = pred.spec, pred.values[0], str(pred.ids[0])
+    if spec.task == "classification":
+        k = int(values.argmax())
+        return f"{name}: {spec.class_names[k]} (class {k}, probability {values[k]:.3f})"
+    spread = [""] * len(values) if pred.spread is None else [f" ± {s:.2g}" for s in pred.spread[0]]
+    parts = [with_unit(f"{v:.6g}{s}", spec.unit) for v, s in zip(values, spread)]
+    if len(parts) > 1:
+        parts = [f"{target} {part}" for target, part in zip(spec.target_names, parts)]
+    text = ", ".join(parts)
+    if spec.per_atom:
+        per_atom = f"{values[0] / pred.n_atoms[0]:.6g}"
+        text += f" ({with_unit(per_atom, spec.learned_unit) if spec.unit else per_atom + ' per atom'})"
+    return f"{name}: {text}"
+
+
+def _model_and_data(args):
+    """(the model, the data featurised with its graph settings) of a command that takes MODEL DATA."""
     from cgcnn_lab.data.dataset import build_dataset
-    from cgcnn_lab.explain import plot_contributions, site_contributions
     from cgcnn_lab.inference import load_trained
 
     data = options(DataOptions, args, source=args.data)
     set_threads(data.threads)
     raw = _read(args)
     trained = load_trained(args.model, atom_init=args.atom_init or raw.atom_init)
-    dataset = build_dataset(raw, trained.graph_config, trained.encoding, data.cache_dir, data.use_cache, data.strict,
-                            data.jobs)
+    return trained, build_dataset(raw, trained.graph_config, trained.encoding, data.cache_dir, data.use_cache,
+                                  data.strict, data.jobs)
+
+
+def cmd_explain(args) -> int:
+    from cgcnn_lab.contributions import plot_contributions, site_contributions
+
+    trained, dataset = _model_and_data(args)
     frame = site_contributions(trained, dataset)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,33 +217,90 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Write a cgcnn-lab model (or an original checkpoint) in the original CGCNN format, plus its atom_init.json."""
-    import torch
+    """Write a model in another format: packaged (safetensors + card), TorchScript, or the original CGCNN's."""
+    from cgcnn_lab.deploy import export
 
-    from cgcnn_lab.checkpoint import safe_load
-    from cgcnn_lab.inference import load_trained
-    from cgcnn_lab.original import OriginalFormatError, to_original, write_atom_init
+    for line in export(args.model, args.out, args.format, args.atom_init):
+        print(line)
+    return 0
 
-    trained = load_trained(args.model, atom_init=args.atom_init)
-    ckpt = safe_load(trained.path)
+
+def cmd_models(args) -> int:
+    """The zoo: one line per model, or one model's card."""
+    import json
+
+    from cgcnn_lab import zoo
+
+    if args.name:
+        print(json.dumps(zoo.card(args.name), indent=2))
+        return 0
+    rows = [("name", "predicts", "held-out test", "trained on", "size")]
+    for name in zoo.names():
+        c = zoo.card(name)
+        what = f"{', '.join(c['targets'])}{' (' + c['unit'] + ')' if c.get('unit') else ''}"
+        if c["task"] == "classification":
+            what = f"{c['classes'][-1]} or not"
+        test = c.get("test", {})
+        score = (f"accuracy {test['accuracy']:.3f}" if c["task"] == "classification" and "accuracy" in test
+                 else f"MAE {test['mae']:.4g}" if "mae" in test else "-")
+        sizes = c.get("split_sizes", {})
+        trained = f"{sizes.get('train', '?')} crystals of {Path(c['data']).name}" if c.get("data") else "-"
+        rows.append((name, what, score, trained, f"{c['size_bytes'] / 1024:.0f} KiB"))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("\nuse one by name: cgcnn-lab predict NAME DATA; its card (data, licence, scores, command): "
+          "cgcnn-lab models NAME")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """A local page and JSON API to try models on structure files (the serve extra: FastAPI and uvicorn)."""
     try:
-        exported = to_original(trained.model, trained.spec, epoch=int(ckpt.get("epoch") or 0))
-    except OriginalFormatError as err:  # main() prints it as one "error:" line
-        raise OriginalFormatError(f"{trained.path}: {err}") from None
+        import uvicorn
+
+        from cgcnn_lab.serve.app import create_app
+    except ImportError as err:
+        raise ValueError(f"cgcnn-lab serve needs the serve extra ({err.name} is not installed): "
+                         "pip install 'cgcnn-lab[serve]'") from None
+    from cgcnn_lab.serve.limits import Limits
+
+    limits = Limits(file_bytes=int(args.max_file_mb * 1e6), request_bytes=int(args.max_request_mb * 1e6),
+                    structures=args.max_structures, atoms=args.max_atoms)
+    app = create_app(args.models, limits, atom_init=args.atom_init, with_zoo=True if args.zoo else None)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"cgcnn-lab serve: {', '.join(app.state.served)} at http://{host}:{args.port}/ "
+          f"(API documentation at /docs); Ctrl-C stops")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it may use it (there is no login)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from cgcnn_lab.embedding import FORMATS, embed
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(exported, out)
-    atom_init = out.with_name(out.name.removesuffix(".pth.tar") + ".atom_init.json")
-    write_atom_init(trained.encoding, atom_init)
-    print(f"wrote {out} (original CGCNN format, {trained.task}) and its element encoding {atom_init}")
-    print("the original code reads the encoding as atom_init.json in the data folder: copy it there under that name")
-    graph = trained.graph_config
-    if (graph.radius, graph.max_neighbors, trained.spec.model.gaussian_step) != (8.0, 12, 0.2):
-        print(f"note: graph settings (radius {graph.radius} Å, {graph.max_neighbors} neighbours) are stored in args, "
-              "but the original predict.py always uses 8 Å, 12 neighbours, step 0.2 Å")
-    if not graph.pad_to_max:
-        print("note: the model was trained without the original's neighbour padding; the original code's "
-              f"numbers differ for atoms with fewer than {graph.max_neighbors} neighbours within {graph.radius} Å")
+    if out.suffix.lower() not in FORMATS:  # before any work
+        raise ValueError(f"--out {out}: write embeddings as {', '.join(FORMATS)}")
+    trained, dataset = _model_and_data(args)
+    print(dataset.summary())
+    result = embed(trained, dataset, atoms=args.atoms)
+    files = result.write(out)
+    atoms = f" and {len(result.atom_vectors)} atom vectors" if args.atoms else ""
+    print(f"wrote {len(result.ids)} crystal vectors of {result.vectors.shape[1]} features{atoms} to "
+          f"{', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from cgcnn_lab.ensembles import build
+
+    data = options(DataOptions, args, source=args.data)
+    set_threads(data.threads)
+    build(args.members, _read(args, require_targets=True), args.out, select=args.select,
+          cache_dir=data.cache_dir, use_cache=data.use_cache, strict=data.strict, jobs=data.jobs)
+    print(f"wrote {args.out} (ensemble.json, test_results.csv, calibration.png): cgcnn-lab predict {args.out} DATA")
     return 0
 
 
@@ -251,11 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, func, help: str, groups=(), data: bool = True, **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, allow_abbrev=False, **kw)
-        if name in ("predict", "explain", "export"):
-            p.add_argument("model", help="run folder, .ckpt file, or a checkpoint of the original CGCNN code (.pth.tar)")
+        if name in ("predict", "explain", "export", "embed"):
+            p.add_argument("model", help="a zoo model's name (cgcnn-lab models), a run folder, a .ckpt file, a "
+                                         "packaged model folder, or a checkpoint of the original CGCNN code (.pth.tar)")
         if data:
-            p.add_argument("data", help="a CGCNN folder (id_prop.csv + ID.cif) or a table (.csv, .csv.gz, .json, "
-                                        ".parquet)")
+            several = name == "predict"  # predict MODEL a.cif b.vasp
+            p.add_argument("data", nargs="+" if several else None,
+                           help="a CGCNN folder (id_prop.csv + ID.cif), a table (.csv, .csv.gz, .json, .parquet), a "
+                                "structure file (CIF, POSCAR, extxyz, ASE .db, ...) or a folder of them"
+                                + ("; or several structure files" if several else ""))
         add_options(p, TRAINING, groups)
         p.set_defaults(func=func)
         return p
@@ -273,10 +364,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
                    help="more models (e.g. other seeds) whose predictions are averaged with the first's; "
                         "writes their spread as prediction_std")
-    p = command("export", cmd_export, "write a model in another format (the original CGCNN's .pth.tar)", data=False)
-    p.add_argument("--format", choices=["cgcnn-original"], default="cgcnn-original")
-    p.add_argument("--out", required=True, help="file to write, e.g. model_best.pth.tar")
+    p = command("export", cmd_export, "write a model in another format (safetensors + card, or the original "
+                "CGCNN's .pth.tar)", data=False)
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="cgcnn-original",
+                   help="safetensors: a folder with model.safetensors and card.json (no pickle; what the zoo ships); "
+                        "torchscript: one file that predicts from graphs with only torch installed; onnx: the same "
+                        "for an ONNX runtime (the onnx extra); "
+                        "cgcnn-original: the original code's .pth.tar (default)")
+    p.add_argument("--out", required=True, help="file or folder to write, e.g. model_best.pth.tar or my-model/")
     p.add_argument("--atom-init", help="atom_init.json (only to re-export an original checkpoint)")
+    p = command("embed", cmd_embed, "write each crystal's learned vector (and each atom's) for maps and search",
+                ("data",))
+    p.add_argument("--out", default="embeddings.parquet",
+                   help="file to write: .parquet, .csv (per atom beside it as NAME_atoms) or .npz (default "
+                        "embeddings.parquet)")
+    p.add_argument("--atoms", action="store_true", help="also write every atom's vector")
+    p = command("ensemble", cmd_ensemble, "average runs into one model whose spread is calibrated on validation",
+                ("data",))
+    p.add_argument("--members", nargs="+", required=True, metavar="RUN",
+                   help="run folders trained on one split (e.g. --seed 0, 1, 2 with the same --split-seed)")
+    p.add_argument("--out", required=True, help="ensemble folder to write; predict with it as with a model")
+    p.add_argument("--select", action="store_true",
+                   help="choose members by greedy forward selection on the validation MAE (default: all)")
+    p = sub.add_parser("models", help="list the models shipped with cgcnn-lab (the zoo), or show one's card",
+                       allow_abbrev=False)
+    p.add_argument("name", nargs="?", help="a zoo model: print its card")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("serve", help="a local web page and JSON API to try models on structure files (the serve "
+                       "extra)", allow_abbrev=False)
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="models to offer: zoo names, run folders, checkpoints, ensembles (default: the whole zoo)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--zoo", action="store_true", help="offer the zoo's models too when MODELs are named")
+    p.add_argument("--atom-init", help="atom_init.json of original CGCNN checkpoints among the MODELs")
+    p.add_argument("--max-structures", type=int, default=50, help="structures per request (default 50)")
+    p.add_argument("--max-atoms", type=int, default=500, help="atoms per structure (default 500)")
+    p.add_argument("--max-file-mb", type=float, default=2.0, help="MB per uploaded file (default 2)")
+    p.add_argument("--max-request-mb", type=float, default=10.0, help="MB per request (default 10)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="what the server logs (default info: one line per request)")
+    p.set_defaults(func=cmd_serve)
     command("featurize", cmd_featurize, "build (or reuse) the graph cache and report what was found", ("data", "graph"))
     p = command("explain", cmd_explain, "per-site contributions of a model trained with --readout atom", ("data",))
     p.add_argument("--out", default="contributions.csv", help="CSV to write (default contributions.csv)")
@@ -348,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # cgcnn-lab models | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted; a run can continue with --resume", file=sys.stderr)
         return 130

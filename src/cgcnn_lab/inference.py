@@ -54,13 +54,24 @@ class TrainedModel:
 
 
 def load_trained(model: str | Path, atom_init: str | Path | None = None) -> TrainedModel:
-    """A cgcnn-lab run/checkpoint, or a checkpoint of the original CGCNN code (``*.pth.tar``).
+    """A zoo model by name, a packaged model (safetensors + card), a cgcnn-lab run/checkpoint, or a checkpoint of
+    the original CGCNN code (``*.pth.tar``).
 
     Original checkpoints carry no element encoding: ``atom_init`` (the ``atom_init.json`` the model was trained
     with) is then required. It is ignored for cgcnn-lab checkpoints, which store their encoding.
     """
-    from cgcnn_lab import original
+    from cgcnn_lab import original, packaged, zoo
 
+    named = zoo.find(model) if not Path(model).exists() else None
+    if named is None and not Path(model).exists():
+        raise CheckpointError(f"{model}: no such file or folder, and not a zoo model (cgcnn-lab models lists them: "
+                              f"{', '.join(zoo.names())})")
+    if named is not None or packaged.is_packaged(model):
+        spec, state, _ = packaged.load_packaged(named or model)
+        net = spec.build_model()
+        net.load_state_dict(state)
+        net.eval()
+        return TrainedModel(net, spec, packaged.folder_of(named or model))
     path = resolve_checkpoint(model)
     ckpt = safe_load(path)
     if original.is_original(ckpt):
@@ -259,6 +270,10 @@ def split_of_run(checkpoint: Path) -> dict[str, set[str]]:
     """The train and validation ids of the run a checkpoint belongs to (its run folder's split.csv), or {}."""
     import csv
 
+    from cgcnn_lab.packaged import is_packaged, split_of
+
+    if is_packaged(checkpoint):
+        return split_of(checkpoint)
     path = checkpoint.parent.parent / "split.csv" if checkpoint.parent.name == "checkpoints" else None
     if path is None or not path.is_file():
         return {}
@@ -284,6 +299,7 @@ def predict_data(models: Sequence[str | Path], raw: RawDataset, atom_init: str |
                  stream: bool | None = None, log=print) -> Predictions:
     """Predict ``raw`` with one model or the mean of several (an ensemble: ``spread`` is their std). Each model
     featurises with its own graph settings (the cache is shared)."""
+    models, scale = expand_ensembles(models)
     values, first, first_ids = [], None, []
     for model in models:
         # an original CGCNN checkpoint takes its element encoding from atom_init or the data folder, as the original
@@ -301,11 +317,33 @@ def predict_data(models: Sequence[str | Path], raw: RawDataset, atom_init: str |
             _check_member(model, trained, first, list(dataset.ids), first_ids)
         values.append(predict_outputs(trained.model, dataset, trained.transform))
     if len(values) > 1:
-        log(f"ensemble of {len(values)} models: the mean of their predictions (prediction_std: their spread)")
+        calibrated = " times the calibration's scale" if np.any(np.asarray(scale) != 1.0) else ""
+        log(f"ensemble of {len(values)} models: the mean of their predictions (prediction_std: their spread"
+            f"{calibrated})")
     ids = [str(i) for i in dataset.ids]
     seen = {name: len(in_split.intersection(ids)) for name, in_split in split_of_run(first.path).items()}
-    return Predictions(dataset.ids, np.mean(values, axis=0), first.spec, dataset.n_atoms,
-                       np.std(values, axis=0) if len(values) > 1 else None, dataset.targets, seen)
+    spread = np.std(values, axis=0) * scale if len(values) > 1 else None
+    return Predictions(dataset.ids, np.mean(values, axis=0), first.spec, dataset.n_atoms, spread, dataset.targets,
+                       seen)
+
+
+ENSEMBLE_FILE = "ensemble.json"  # written by ``cgcnn-lab ensemble`` (ensembles.py)
+
+
+def expand_ensembles(models: Sequence[str | Path]) -> tuple[list, np.ndarray | float]:
+    """The models to average, an ensemble folder replaced by its members (each as often as it counts), and the
+    factor its calibration puts on their spread (1 for models given one by one)."""
+    import json
+
+    folders = [m for m in models if (Path(m) / ENSEMBLE_FILE).is_file()]
+    if not folders:
+        return list(models), 1.0
+    if len(models) > 1:
+        raise CheckpointError(f"{folders[0]} is an ensemble already (with a calibrated spread): predict with it alone")
+    folder = Path(folders[0])
+    record = json.loads((folder / ENSEMBLE_FILE).read_text())
+    members = [folder / m for m, n in zip(record["members"], record["counts"]) for _ in range(n)]
+    return members, np.asarray(record["scale"], dtype=np.float64)
 
 
 def predict_structures(model: str | Path, structures, ids=None, atom_init: str | Path | None = None) -> Predictions:

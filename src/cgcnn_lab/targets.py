@@ -129,7 +129,7 @@ class TargetTransform:
         atom_weight = getattr(batch, "atom_weight", None)  # a merged row stands for that many atoms
         if atom_weight is not None:
             ref = ref * atom_weight.to(ref.dtype).unsqueeze(1)
-        total = like.new_zeros((int(batch.num_graphs), ref.shape[1])).index_add_(0, batch.batch, ref)
+        total = like.new_zeros((batch.num_graphs, ref.shape[1])).index_add_(0, batch.batch, ref)
         return total / self.sizes(batch).to(like.dtype)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +141,7 @@ class TargetTransform:
         atom_weight = getattr(batch, "atom_weight", None)
         if atom_weight is None:
             return (batch.ptr[1:] - batch.ptr[:-1]).to(torch.float32).unsqueeze(1)
-        sizes = atom_weight.new_zeros(int(batch.num_graphs)).index_add_(0, batch.batch, atom_weight)
+        sizes = atom_weight.new_zeros(batch.num_graphs).index_add_(0, batch.batch, atom_weight)
         return sizes.to(torch.float32).unsqueeze(1)
 
     def intensive(self, y: torch.Tensor, batch) -> torch.Tensor:

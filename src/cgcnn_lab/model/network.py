@@ -116,7 +116,7 @@ class CGCNN(nn.Module):
         return self.head(self.atom_features(batch))
 
     def forward(self, batch) -> torch.Tensor:
-        n_crystals = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
+        n_crystals = batch.num_graphs if hasattr(batch, "num_graphs") else None  # no int(): export keeps it symbolic
         x = self.atom_features(batch)
         atom_weight = getattr(batch, "atom_weight", None)
         # under bf16 autocast (--precision bf16-mixed) the convolutions run in bf16; pooling and the head stay in

@@ -1,0 +1,159 @@
+"""Ensembles you can trust: members chosen and their spread calibrated on the validation split, checked on test.
+
+The spread of an ensemble (the standard deviation of its members) ranks crystals by how unsure it is, but it is not
+an error bar: members trained on the same data agree more than they are right. ``cgcnn-lab ensemble`` scales the
+spread by one factor per target, fitted on the validation crystals (the RMS of error / spread is 1 there), and
+reports on the test crystals how often the error falls inside ±1σ and ±2σ (68.3 % and 95.4 % for a normal error).
+
+The ensemble folder (``ensemble.json``: members, how often each counts, the scale) is a model like any other:
+``cgcnn-lab predict ENSEMBLE DATA`` averages the members and writes the calibrated ``prediction_std``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cgcnn_lab.checkpoint import CheckpointError
+from cgcnn_lab.data.sources import RawDataset
+from cgcnn_lab.inference import Predictions, predict_data
+from cgcnn_lab.spec import in_unit
+
+FILE = "ensemble.json"
+NORMAL_COVERAGE = {1: 0.6827, 2: 0.9545}
+
+
+def _splits(run: Path) -> dict[str, list[str]]:
+    path = Path(run) / "split.csv"
+    if not path.is_file():
+        raise CheckpointError(f"{run}: an ensemble member must be a run folder with split.csv (its validation and "
+                              "test crystals)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {name: sorted(r["id"] for r in rows if r["split"] == name) for name in ("val", "test")}
+
+
+def member_predictions(runs: list[Path], raw: RawDataset, ids: list[str], **read) -> tuple[np.ndarray, Predictions]:
+    """Each member's predictions [M, S, T] of the crystals ``ids`` of ``raw`` and the first member's Predictions
+    (ids, targets and spec, in that order)."""
+    wanted = set(ids)
+    subset = RawDataset(raw.name, [e for e in raw.entries if e.id in wanted], raw.target_names, atom_init=raw.atom_init)
+    preds = [predict_data([run], subset, log=lambda *_: None, **read) for run in runs]
+    return np.stack([np.asarray(p.values) for p in preds]), preds[0]
+
+
+def greedy(values: np.ndarray, y: np.ndarray, steps: int) -> list[int]:
+    """Forward selection with replacement (Caruana et al. 2004): add the member that lowers the ensemble's MAE on
+    ``y`` most, ``steps`` times; a member may count more than once. Returns the chosen members' indices."""
+    chosen: list[int] = []
+    total = np.zeros_like(values[0])
+    for _ in range(steps):
+        scores = [np.abs((total + v) / (len(chosen) + 1) - y).mean() for v in values]
+        best = int(np.argmin(scores))
+        chosen.append(best)
+        total = total + values[best]
+    return chosen
+
+
+def coverage(error: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
+    """Fraction of errors inside ±1σ and ±2σ."""
+    return {f"within_{k}sigma": float((np.abs(error) <= k * sigma).mean()) for k in NORMAL_COVERAGE}
+
+
+def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool = False, log=print, **read) -> dict:
+    """Choose members (all, or greedily on validation), calibrate their spread on validation, score on test and
+    write ``out``: ensemble.json, test_results.csv and calibration.png. Returns the ensemble's record."""
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two members (run folders)")
+    splits = [_splits(r) for r in runs]
+    for run, split in zip(runs[1:], splits[1:]):
+        if split["val"] != splits[0]["val"]:
+            raise ValueError(f"{run} was validated on other crystals than {runs[0]}: calibrating needs members of "
+                             "one split (train them with the same --split-seed, or --fold-col/--test-fold)")
+    val_ids, test_ids = splits[0]["val"], splits[0]["test"]
+    val, val_pred = member_predictions(runs, raw, val_ids, **read)
+    if val_pred.spec.task != "regression" or val_pred.targets is None or not len(val_pred):
+        raise ValueError("calibrating a spread needs a regression ensemble and the validation crystals' targets in "
+                         f"{raw.name}")
+    chosen = greedy(val, val_pred.targets, len(runs)) if select else list(range(len(runs)))
+    if len(set(chosen)) < 2:
+        raise ValueError(f"the selection on validation kept one member ({runs[chosen[0]]}): no spread to calibrate; "
+                         "build the ensemble from all members (without --select)")
+    scale = _scale(val[chosen], val_pred.targets)
+    out = Path(out)
+    record = {"members": [os.path.relpath(runs[k].resolve(), out.resolve()) for k in sorted(set(chosen))],
+              "counts": [chosen.count(k) for k in sorted(set(chosen))], "scale": scale.tolist(),
+              "selection": "greedy on validation MAE" if select else "all",
+              "n_val": len(val_pred), "val_mae": float(np.abs(val[chosen].mean(0) - val_pred.targets).mean())}
+    out.mkdir(parents=True, exist_ok=True)
+    if test_ids:
+        test, test_pred = member_predictions(runs, raw, test_ids, **read)
+        record |= _test_record(test, chosen, scale, test_pred, out)
+    (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
+    log(summary(record, val_pred.spec.unit))
+    return record
+
+
+def _scale(values: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per target: the factor that makes the RMS of error / spread one on these crystals."""
+    mean, sigma = values.mean(0), values.std(0)
+    ok = sigma > 0
+    z2 = np.where(ok, (y - mean) ** 2 / np.where(ok, sigma, 1) ** 2, np.nan)
+    return np.sqrt(np.nanmean(z2, axis=0))
+
+
+def _test_record(test: np.ndarray, chosen: list[int], scale: np.ndarray, pred: Predictions, out: Path) -> dict:
+    mean, sigma = test[chosen].mean(0), test[chosen].std(0)
+    error = mean - pred.targets
+    singles = [float(np.abs(m - pred.targets).mean()) for m in test]
+    calibrated = Predictions(pred.ids, mean, pred.spec, pred.n_atoms, sigma * scale, pred.targets)
+    calibrated.to_csv(out / "test_results.csv")
+    plot_calibration(error[:, 0], sigma[:, 0] * scale[0], pred.spec.unit, out / "calibration.png")
+    return {"n_test": len(pred), "test_mae": float(np.abs(error).mean()), "member_test_mae": singles,
+            "test_raw": coverage(error, sigma), "test_calibrated": coverage(error, sigma * scale)}
+
+
+def summary(record: dict, unit: str) -> str:
+    lines = [(f"ensemble of {sum(record['counts'])} ({record['selection']}): validation MAE {record['val_mae']:.4g}"
+             f"{' ' + unit if unit else ''}; spread scaled by {', '.join(f'{s:.3g}' for s in record['scale'])}")]
+    if "test_mae" in record:
+        singles = np.array(record["member_test_mae"])
+        lines.append(f"test MAE {record['test_mae']:.4g} (members alone {singles.mean():.4g} ± {singles.std():.2g})")
+        for name in ("raw", "calibrated"):
+            c = record[f"test_{name}"]
+            lines.append(f"test errors within ±1σ {c['within_1sigma']:.1%}, ±2σ {c['within_2sigma']:.1%} "
+                         f"({name} spread; a normal error: 68.3 %, 95.4 %)")
+    return "\n".join(lines)
+
+
+def plot_calibration(error: np.ndarray, sigma: np.ndarray, unit: str, path: Path, bins: int = 8) -> Path:
+    """Error against the calibrated spread: every crystal, and the RMS error of crystals binned by spread (on the
+    diagonal when the spread is an honest standard deviation)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.8, 4.4), dpi=120)
+    ax = fig.subplots()
+    ax.scatter(sigma, np.abs(error), s=6, alpha=0.3, color="0.5", label="|error| of a crystal")
+    edges = np.quantile(sigma, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, bins - 1)
+    centre = [sigma[which == b].mean() for b in range(bins) if (which == b).any()]
+    rms = [np.sqrt((error[which == b] ** 2).mean()) for b in range(bins) if (which == b).any()]
+    ax.plot(centre, rms, "o-", color="C0", label="RMS error, binned by spread")
+    top = float(max(np.max(centre), np.max(rms))) * 1.2
+    ax.plot([0, top], [0, top], color="C3", lw=1, ls="--", label="ideal (RMS error = σ)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top * 1.5)
+    ax.set_xlabel(in_unit("predicted σ (calibrated spread)", unit))
+    ax.set_ylabel(in_unit("error", unit))
+    ax.set_title("calibration on the test crystals", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
