@@ -33,7 +33,9 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mome
 class CGCNNModule(L.LightningModule):
     def __init__(self, spec: dict, optim: dict) -> None:
         super().__init__()
-        self.save_hyperparameters()  # the spec as plain data: checkpoints load without unpickling code
+        # the spec as plain data: checkpoints load without unpickling code. Not sent to --logger's trackers: they get
+        # config.json, not the element encoding's thousands of numbers
+        self.save_hyperparameters(logger=False)
         self.spec, self.optim = ModelSpec.from_dict(spec), optim
         self.model = self.spec.build_model()
         self.task = self.spec.task

@@ -10,6 +10,7 @@ from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.optionfield import option
 
 _GRAPH = GraphConfig()  # the graph defaults are GraphConfig's
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")  # Lightning's loggers that --logger offers (training/tracking.py)
 
 
 @dataclass
@@ -18,9 +19,11 @@ class DataOptions:
 
     source: str = ""  # the positional DATA argument
     targets: list[str] = option(group="data", flag="--target", metavar="COL", factor=False, default_factory=list,
-                                help="table column(s) to learn (repeat for several targets)")
+                                help="table column(s) to learn (repeat for several targets); for extxyz files and ASE "
+                                     "databases: a per-frame property, e.g. energy")
     id_col: str | None = option(None, group="data", factor=False,
-                                help="table column with ids (default: id / material_id / row number)")
+                                help="table column with ids (default: id / material_id / row number); for extxyz "
+                                     "files and ASE databases: a per-frame property (default: file name-frame)")
     structure_col: str | None = option(None, group="data", factor=False,
                                        help="table column with CIF text or pymatgen JSON (default: structure / cif)")
     atom_init: str | None = option(None, group="data", factor=False,
@@ -127,8 +130,21 @@ class TrainOptions:
     num_nodes: int = option(1, group="training", factor=False, help="machines for DDP (see README: SLURM)")
     progress: bool = option(True, group="training", flag="--no-progress", style="negate", factor=False,
                             help="no progress bars (e.g. in logs)")
+    logger: list[str] = option(group="training", metavar="NAME", factor=False, default_factory=list, choices=LOGGERS,
+                               help="track the run (options, every epoch's metrics, test metrics) offline in "
+                                    "OUT/logs/NAME: csv, tensorboard, mlflow or wandb; repeat or comma-separate for "
+                                    "several (all but csv need the extra of that name: pip install "
+                                    "'cgcnn-lab[mlflow]')")
     preset: str | None = None  # the named configuration the options came from (recorded in config.json)
     asked: tuple[str, ...] | None = None  # options given on the command line (for --init-from); None: from Python
+
+    def __post_init__(self) -> None:
+        # Python's logger="tensorboard" or "csv,mlflow", the command line's repeated --logger: one list of names
+        names = [self.logger] if isinstance(self.logger, str) else list(self.logger or [])
+        names = [n.strip().lower() for item in names for n in item.split(",") if n.strip()]
+        if unknown := [n for n in names if n not in LOGGERS]:
+            raise ValueError(f"--logger {unknown[0]}: choose from {', '.join(LOGGERS)}")
+        self.logger = list(dict.fromkeys(names))
 
     @property
     def split_seed_value(self) -> int:

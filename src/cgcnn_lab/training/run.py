@@ -42,6 +42,7 @@ from cgcnn_lab.training.finetune import continue_transform, degree_histogram, fi
 from cgcnn_lab.training.options import DataOptions, TrainOptions
 from cgcnn_lab.training.report import evaluate, summary, write_plots
 from cgcnn_lab.training.splits import Split, make_split
+from cgcnn_lab.training.tracking import check_loggers, log_config, log_final, make_loggers
 
 
 @dataclass
@@ -63,6 +64,7 @@ def train(
     quiet_lightning()
     for pattern in opts.report_subset:  # a typo stops the run now, not after training
         parse_pattern(pattern)
+    check_loggers(opts.logger)  # a missing tracking package too
     if opts.folds and opts.test_fold is None:
         from cgcnn_lab.training.crossval import cross_validate
 
@@ -86,10 +88,12 @@ def train(
     config = {"data": asdict(data), "model": spec.model.to_dict(), "train": asdict(opts), "split": split.sizes()}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     split.write(out / "split.csv", dataset.ids)
+    loggers = make_loggers(opts.logger, out)
+    log_config(loggers, config)
 
     module, packed = build_module(spec, opts, dataset, labels, pretrained, data.stream, log)
     monitor = "val_loss" if spec.task == "classification" else "val_mae"
-    trainer = fit(module, packed, split, opts, monitor, data.threads)
+    trainer = fit(module, packed, split, opts, monitor, data.threads, loggers)
     seconds = time.perf_counter() - start
     if trainer.global_rank != 0:  # data-parallel workers are done; rank 0 evaluates and writes the run folder
         return RunResult(out, {}, dataset, split, seconds)
@@ -97,6 +101,7 @@ def train(
             "n_parameters": module.model.n_parameters()}
     metrics, pred, parts = evaluate(out, dataset, split, monitor, info, opts.report_subset)
     write_plots(out, monitor, pred, metrics["split"])
+    log_final(loggers, config, metrics, trainer.global_step)
     log(summary(out, metrics, pred, parts))
     return RunResult(out, metrics, dataset, split, time.perf_counter() - start)
 
@@ -246,11 +251,13 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
     return module, packed
 
 
-def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor: str, threads: int = 0):
+def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor: str, threads: int = 0,
+        loggers: list | None = None):
     """Lightning's fit with best/last checkpoints, metrics.csv, early stopping and the weight average, on
-    ``threads`` CPU threads (0: this training's share of the cores, see ``cpu.py``)."""
+    ``threads`` CPU threads (0: this training's share of the cores, see ``cpu.py``); ``loggers``: experiment
+    tracking (``tracking.py``), which also gets the learning rate of every epoch."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
@@ -264,6 +271,8 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=opts.patience))
     if opts.ema:
         callbacks.append(ema_callback(opts.ema))
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     share = CoreShare()
     if threads:
         set_threads(threads)
@@ -278,7 +287,7 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
         max_epochs=opts.epochs, accelerator=opts.accelerator, devices=_devices(opts.devices), callbacks=callbacks,
         strategy=opts.strategy, num_nodes=opts.num_nodes, precision=opts.precision,
         # bit-reproducible on CPU; CUDA's index_add (the neighbour sums) has no deterministic kernel
-        logger=False, deterministic=opts.accelerator == "cpu", enable_model_summary=False,
+        logger=loggers or False, deterministic=opts.accelerator == "cpu", enable_model_summary=False,
         enable_progress_bar=live, num_sanity_val_steps=0, default_root_dir=str(out),
     )
     train_loader = PackedLoader(packed, split.train, opts.batch_size, shuffle=True, seed=opts.seed)
@@ -290,7 +299,8 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with share, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance|exists and is not empty).*")
+            warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|isinstance|exists and is not "
+                                    "empty|smaller than the logging interval).*")
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_dir / "last.ckpt") if opts.resume else None)
     finally:
         torch.utils.deterministic.fill_uninitialized_memory = fill
