@@ -118,6 +118,16 @@ def test_a_log_file_gets_plain_epoch_lines(run, tmp_path, capsys):
     assert "\r" not in out.out + out.err  # no redrawn bars in a log
 
 
+def test_importing_ipykernel_is_not_being_in_a_notebook(monkeypatch):
+    """A grader or test suite that imported ipykernel still writes to a log: plain lines, not bars."""
+    import ipykernel  # noqa: F401
+
+    from cgcnn_lab.console import interactive
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert not interactive()
+
+
 def test_trainings_running_at_once_divide_the_cores(tmp_path):
     from cgcnn_lab.cpu import CoreShare, available_cores
 
