@@ -100,3 +100,8 @@ def test_lightning_lives_under_train_and_pyg_where_a_pyg_layer_is_built():
         if "torch_geometric" in text.replace("torch_geometric (", ""):
             assert rel in ("model/pyg.py", "data/dataset.py") or "import torch_geometric" not in text \
                 and "from torch_geometric" not in text, rel
+
+
+def test_listing_the_zoo_reads_json_only():
+    """``cgcnn-lab models`` prints the cards without importing torch (half a second, not four)."""
+    assert _heavy_after("from cgcnn_lab import zoo\nfor n in zoo.names(): zoo.card(n)") == []

@@ -18,8 +18,10 @@ import io
 import json
 from pathlib import Path
 
-from cgcnn_lab.checkpoint import CheckpointError
-from cgcnn_lab.spec import ModelSpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where weights are read: listing the zoo's cards never pays for it
+    from cgcnn_lab.spec import ModelSpec
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -70,6 +72,9 @@ def describe(spec: ModelSpec) -> dict:
 def load_packaged(path: str | Path) -> tuple[ModelSpec, dict, dict]:
     """(spec, state dict, card) of a packaged model; a clear error for a file that is not one."""
     from safetensors import SafetensorError, safe_open
+
+    from cgcnn_lab.checkpoint import CheckpointError
+    from cgcnn_lab.spec import ModelSpec
 
     folder = folder_of(path)
     weights = Path(path) if Path(path).is_file() else folder / WEIGHTS
