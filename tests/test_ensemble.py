@@ -11,7 +11,7 @@ import pytest
 import cgcnn_lab
 from cgcnn_lab.cli import main
 from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
-from cgcnn_lab.ensembles import _scale, coverage, greedy
+from cgcnn_lab.ensembles import conformal_factor, coverage, greedy
 
 
 def test_greedy_selection_prefers_the_member_that_fits_validation():
@@ -21,15 +21,17 @@ def test_greedy_selection_prefers_the_member_that_fits_validation():
     assert chosen[0] == 2 and chosen.count(2) >= 2
 
 
-def test_the_scale_makes_errors_unit_variance_in_spread_units():
+def test_the_conformal_factors_give_their_coverage_on_new_crystals():
     rng = np.random.default_rng(1)
-    members = rng.normal(0, 1, (5, 4000, 1))
+    members = rng.normal(0, 1, (5, 8000, 1))
     sigma = members.std(0)
-    y = members.mean(0) + 3.0 * sigma * rng.normal(0, 1, (4000, 1))  # errors 3x the spread
-    scale = _scale(members, y)
-    assert scale[0] == pytest.approx(3.0, rel=0.05)
-    inside = coverage(y - members.mean(0), sigma * scale)
+    y = members.mean(0) + 3.0 * sigma * rng.standard_t(3, (8000, 1))  # heavy-tailed errors, 3x the spread
+    calibration, new = slice(0, 4000), slice(4000, 8000)
+    k68, k95 = (conformal_factor(members[:, calibration], y[calibration], level) for level in (0.6827, 0.9545))
+    assert k95[0] > 2 * k68[0]  # heavier tails than a normal error: the 95 % band is wider than 2σ
+    inside = coverage(y[new] - members[:, new].mean(0), sigma[new] * k68, k95 / k68)
     assert inside["within_1sigma"] == pytest.approx(0.683, abs=0.03)
+    assert inside["within_95band"] == pytest.approx(0.954, abs=0.015)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +55,11 @@ def test_an_ensemble_is_calibrated_on_validation_and_predicts_as_a_model(members
             "--cache-dir", str(tmp / "cache")]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "within ±1σ" in printed and "calibration.png" in printed
+    assert "within ±1σ" in printed and "95.45 % band" in printed and "calibration.png" in printed
     record = json.loads((out / "ensemble.json").read_text())
-    assert record["counts"] == [1, 1, 1] and record["scale"][0] > 0
-    assert 0 <= record["test_calibrated"]["within_1sigma"] <= record["test_calibrated"]["within_2sigma"] <= 1
+    assert record["counts"] == [1, 1, 1] and record["scale"][0] > 0 and record["band95"][0] >= 1
+    calibrated = record["test_calibrated"]
+    assert 0 <= calibrated["within_1sigma"] <= calibrated["within_95band"] <= 1
     assert (out / "calibration.png").stat().st_size > 0
     # predict with the folder: the members' mean, their spread times the scale
     assert main(["predict", str(out), str(table), "--target", DEMO_TARGET, "--out", str(tmp / "p.csv"),
