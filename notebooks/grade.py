@@ -32,7 +32,7 @@ def assignment_name(autograder: Path) -> str:
     try:
         with zipfile.ZipFile(autograder) as zf:
             return json.loads(zf.read("otter_config.json"))["assignment_name"]
-    except (KeyError, zipfile.BadZipFile) as err:
+    except (KeyError, zipfile.BadZipFile, OSError) as err:
         raise SystemExit(f"{autograder} is not an autograder zip made by notebooks/build.py: {err}") from err
 
 
@@ -60,6 +60,11 @@ def submissions(paths: list[Path]) -> list[Path]:
             raise SystemExit(f"{path}: not a notebook (.ipynb) or a folder of notebooks")
     if not found:
         raise SystemExit("no submissions (.ipynb) found in " + ", ".join(map(str, paths)))
+    names = [p.name for p in found]
+    if len(set(names)) < len(names):  # the CSV and the feedback files are keyed by the notebook's name
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SystemExit(f"submissions share a file name ({', '.join(twice)}): name each after its student, "
+                         "e.g. alice.ipynb, bob.ipynb")
     return found
 
 

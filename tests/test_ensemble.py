@@ -82,3 +82,16 @@ def test_members_of_different_splits_are_refused(members, tmp_path, capsys):
     assert main(argv) == 2
     assert "validated on other crystals" in capsys.readouterr().err
     assert not (tmp_path / "e" / "ensemble.json").exists()
+
+
+def test_a_member_twice_or_members_without_spread_are_refused(members, tmp_path, capsys):
+    table, runs, tmp = members
+    argv = ["ensemble", str(table), "--target", DEMO_TARGET, "--out", str(tmp_path / "e"), "--cache-dir",
+            str(tmp / "cache"), "--members"]
+    assert main([*argv, str(runs[0]), str(runs[0]), str(runs[1])]) == 2
+    assert "listed twice" in capsys.readouterr().err
+    import shutil
+
+    shutil.copytree(runs[0], tmp_path / "copy")
+    assert main([*argv, str(runs[0]), str(tmp_path / "copy")]) == 2
+    assert "no spread to calibrate" in capsys.readouterr().err

@@ -338,3 +338,26 @@ def test_the_command_starts_a_server(tmp_path):
 def test_the_command_refuses_a_model_it_cannot_load(capsys):
     message = cli_error(capsys, "serve", "no-such-model")
     assert message.startswith("no-such-model: no such file or folder, and not a zoo model")
+
+
+def test_a_table_named_like_a_poscar_is_refused(client, tmp_path):
+    table = write(tmp_path, "POSCAR.csv.gz", text=b"\x1f\x8b not a structure")
+    answer = client.post("/predict", data={"model": REGRESSION}, files=upload(table))
+    assert answer.status_code == 415
+
+
+def test_an_upload_named_poscar_keeps_its_name_as_id(client, tmp_path):
+    poscar = write(tmp_path, "POSCAR.vasp", perovskite())
+    answer = client.post("/predict", data={"model": REGRESSION}, files=[("files", ("POSCAR", poscar.read_bytes()))])
+    assert answer.status_code == 200 and [row["id"] for row in answer.json()["rows"]] == ["POSCAR"]
+
+
+def test_pages_of_other_sites_and_other_host_names_are_refused(good, tmp_path):
+    app = create_app([REGRESSION], LIMITS, hosts=["testserver"])
+    client = TestClient(app)
+    files = upload(good[0])
+    assert client.post("/predict", data={"model": REGRESSION}, files=files).status_code == 200
+    cross = client.post("/predict", data={"model": REGRESSION}, files=files, headers={"origin": "http://evil.example"})
+    assert cross.status_code == 403 and "another site" in cross.json()["detail"]
+    rebound = TestClient(app, base_url="http://evil.example")
+    assert rebound.get("/models").status_code == 400

@@ -552,3 +552,21 @@ def test_json_records_keyed_by_id_with_nested_targets(tmp_path):
     assert len(raw.problems) == 1 and "mp-2" in str(raw.problems[0]) and "missing target" in str(raw.problems[0])
     raw = load_dataset(path, ["energy"])
     assert [e.id for e in raw.entries] == ["mp-1", "mp-2"]
+
+
+def test_structure_json_never_imports_what_the_data_names(tmp_path):
+    """monty decodes site properties by importing the module an '@module' key names; a file must not choose."""
+    import json
+    import subprocess
+    import sys
+
+    from pymatgen.core import Lattice, Structure
+
+    d = Structure(Lattice.cubic(3.9), ["Sr", "Ti"], [[0, 0, 0], [0.5, 0.5, 0.5]]).as_dict()
+    d["sites"][0]["properties"] = {"x": {"@module": "xmlrpc.server", "@class": "SimpleXMLRPCServer"}}
+    (tmp_path / "evil.cif").write_text(json.dumps(d))
+    probe = ("import sys\nfrom cgcnn_lab.data.sources import Entry, parse_structure\n"
+             f"s = parse_structure(Entry('evil', 'evil.cif', open({str(tmp_path / 'evil.cif')!r}).read()))\n"
+             "print(len(s), 'xmlrpc.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "False"]

@@ -277,3 +277,19 @@ def test_importing_a_submodule_never_shadows_a_verb():
     importlib.import_module("cgcnn_lab.contributions")
     importlib.import_module("cgcnn_lab.ensembles")
     assert callable(cgcnn_lab.explain) and callable(cgcnn_lab.ensemble)
+
+
+def test_exporting_a_zoo_model_keeps_its_card_and_split(tmp_path):
+    out = tmp_path / "copy"
+    assert main(["export", "perovskite-vs-oxides", "--format", "safetensors", "--out", str(out)]) == 0
+    card, original = json.loads((out / "card.json").read_text()), zoo.card("perovskite-vs-oxides")
+    assert card["name"] == "copy" and card["licence"] == original["licence"] and card["test"] == original["test"]
+    assert (out / "split.csv.gz").read_bytes() == (zoo.ZOO / "perovskite-vs-oxides" / "split.csv.gz").read_bytes()
+
+
+def test_export_says_when_out_is_the_wrong_kind_of_path(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["export", "perovskite-vs-oxides", "--format", "safetensors", "--out", str(tmp_path / "file.txt")]) == 2
+    assert "writes a folder" in capsys.readouterr().err
+    assert main(["export", "perovskite-vs-oxides", "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    assert "writes one file" in capsys.readouterr().err

@@ -125,8 +125,9 @@ def explain(model: str | Path, data, *, atom_init: str | Path | None = None, **r
 
 
 def export(model: str | Path, out: str | Path, *, format: str = "cgcnn-original", atom_init=None) -> Path:
-    """Write ``model`` as ``format``: "safetensors" (a packaged folder), "torchscript" (one file predicting with
-    torch alone) or "cgcnn-original" (the original code's .pth.tar), as ``cgcnn-lab export``. Returns ``out``."""
+    """Write ``model`` as ``format``: "safetensors" (a packaged folder), "torchscript" or "onnx" (one file that
+    predicts from graphs with torch or an ONNX runtime alone) or "cgcnn-original" (the original code's .pth.tar),
+    as ``cgcnn-lab export`` (the same default). Returns ``out``."""
     from cgcnn_lab.deploy import export as run
 
     run(model, out, format, atom_init)

@@ -267,7 +267,10 @@ def cmd_serve(args) -> int:
 
     limits = Limits(file_bytes=int(args.max_file_mb * 1e6), request_bytes=int(args.max_request_mb * 1e6),
                     structures=args.max_structures, atoms=args.max_atoms)
-    app = create_app(args.models, limits, atom_init=args.atom_init, with_zoo=True if args.zoo else None)
+    from cgcnn_lab.serve.app import LOOPBACK
+
+    app = create_app(args.models, limits, atom_init=args.atom_init, with_zoo=True if args.zoo else None,
+                     hosts=LOOPBACK if args.host in LOOPBACK else None)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"cgcnn-lab serve: {', '.join(app.state.served)} at http://{host}:{args.port}/ "
           f"(API documentation at /docs); Ctrl-C stops")
@@ -298,9 +301,10 @@ def cmd_ensemble(args) -> int:
 
     data = options(DataOptions, args, source=args.data)
     set_threads(data.threads)
-    build(args.members, _read(args, require_targets=True), args.out, select=args.select,
-          cache_dir=data.cache_dir, use_cache=data.use_cache, strict=data.strict, jobs=data.jobs)
-    print(f"wrote {args.out} (ensemble.json, test_results.csv, calibration.png): cgcnn-lab predict {args.out} DATA")
+    record = build(args.members, _read(args, require_targets=True), args.out, select=args.select,
+                   cache_dir=data.cache_dir, use_cache=data.use_cache, strict=data.strict, jobs=data.jobs)
+    files = "ensemble.json, test_results.csv, calibration.png" if "n_test" in record else "ensemble.json"
+    print(f"wrote {args.out} ({files}): cgcnn-lab predict {args.out} DATA")
     return 0
 
 

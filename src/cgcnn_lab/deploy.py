@@ -20,6 +20,7 @@ settings as JSON; :func:`load_torchscript` does both.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,12 +126,13 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
 FORMATS = ("safetensors", "torchscript", "onnx", "cgcnn-original")  # cli.EXPORT_FORMATS lists them too (a test checks)
 
 
-def export(model: str | Path, out: str | Path, format: str = "safetensors", atom_init=None) -> list[str]:
+def export(model: str | Path, out: str | Path, format: str = "cgcnn-original", atom_init=None) -> list[str]:
     """Write ``model`` (anything ``load_trained`` takes) to ``out`` as ``format``; returns what to tell the user."""
     from cgcnn_lab.inference import load_trained
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    _check_out(Path(out), folder=format == "safetensors")
     if format == "safetensors":
         card = package_run(model, out, atom_init=atom_init)
         return [(f"wrote {out}/ (model.safetensors {card['size_bytes'] / 1024:.0f} KiB, card.json): predict with "
@@ -146,6 +148,14 @@ def export(model: str | Path, out: str | Path, format: str = "safetensors", atom
         return [(f"wrote {path} (ONNX: the network, element encoding and target decoding; inputs z, edge_index, "
                 "distance, batch, ptr; its metadata entry 'cgcnn_lab' holds the graph settings and unit)")]
     return export_original(trained, Path(out))
+
+
+def _check_out(out: Path, folder: bool) -> None:
+    """Before any work: safetensors writes a folder, the other formats one file."""
+    if folder and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; --format safetensors writes a folder (model.safetensors, card.json)")
+    if not folder and (out.is_dir() or str(out).endswith(("/", "\\"))):
+        raise ValueError(f"--out {out} is a folder; this format writes one file (e.g. {out.name or 'model'}.pt)")
 
 
 def export_original(trained: TrainedModel, out: Path) -> list[str]:
@@ -178,11 +188,16 @@ def package_run(model: str | Path, out: str | Path, atom_init: str | Path | None
     """A model (a run folder: its best checkpoint) as a packaged model in ``out``. From a run folder the card also
     gets the run's test scores, split sizes and epochs, and the split ships beside the weights; ``card``'s fields
     (description, data, licence, command, ...) are added as given. ``atom_init``: for an original checkpoint."""
-    import csv
-
     from cgcnn_lab.inference import load_trained
+    from cgcnn_lab.packaged import SPLIT, is_packaged, load_packaged, read_split
 
     trained, out = load_trained(model, atom_init), Path(out)
+    if is_packaged(trained.path):  # a zoo or packaged model: its card (data, licence, scores) and split go along
+        if (trained.path / SPLIT).is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(trained.path / SPLIT, out / SPLIT)
+        return save_packaged(trained.model.state_dict(), trained.spec, out,
+                             {**load_packaged(trained.path)[2], "name": out.name, **card})
     run = trained.path.parent.parent if trained.path.parent.name == "checkpoints" else None
     card = {"name": out.name, **card, "cgcnn_lab_version": __version__}
     rows = []
@@ -191,9 +206,8 @@ def package_run(model: str | Path, out: str | Path, atom_init: str | Path | None
         card["test"] = {k.removeprefix("test_"): v for k, v in metrics.items()
                         if k.startswith("test_") and isinstance(v, (int, float))}
         card |= {"best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_run")}
-    if run is not None and (run / "split.csv").is_file():
-        with open(run / "split.csv", newline="") as f:
-            rows = [(r["id"], r["split"]) for r in csv.DictReader(f)]
+    rows = read_split(run / "split.csv") if run is not None else []
+    if rows:
         card["split_sizes"] = {s: sum(r[1] == s for r in rows) for s in ("train", "val", "test")}
     card = save_packaged(trained.model.state_dict(), trained.spec, out, card)
     if rows:

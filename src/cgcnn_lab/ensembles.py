@@ -13,7 +13,6 @@ The ensemble folder (``ensemble.json``: members, how often each counts, the fact
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from cgcnn_lab.checkpoint import CheckpointError
 from cgcnn_lab.data.sources import RawDataset
 from cgcnn_lab.inference import Predictions, predict_data
+from cgcnn_lab.packaged import ids_by_split, read_split
 from cgcnn_lab.spec import in_unit
 
 FILE = "ensemble.json"
@@ -30,13 +30,11 @@ LEVELS = (0.6827, 0.9545)  # the ±1σ and ±2σ bands of a normal error
 
 
 def _splits(run: Path) -> dict[str, list[str]]:
-    path = Path(run) / "split.csv"
-    if not path.is_file():
+    rows = read_split(Path(run) / "split.csv")
+    if not rows:
         raise CheckpointError(f"{run}: an ensemble member must be a run folder with split.csv (its validation and "
                               "test crystals)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {name: sorted(r["id"] for r in rows if r["split"] == name) for name in ("val", "test")}
+    return {name: sorted(ids) for name, ids in ids_by_split(rows, ("val", "test")).items()}
 
 
 def member_predictions(runs: list[Path], raw: RawDataset, ids: list[str], **read) -> tuple[np.ndarray, Predictions]:
@@ -73,6 +71,8 @@ def conformal_factor(values: np.ndarray, y: np.ndarray, level: float) -> np.ndar
     mean, sigma = values.mean(0), values.std(0)
     z = np.abs(y - mean) / np.where(sigma > 0, sigma, np.nan)
     n = np.isfinite(z).sum(0)
+    if not n.all():
+        raise ValueError("the members agree exactly on every validation crystal: there is no spread to calibrate")
     q = np.minimum(1.0, np.ceil((n + 1) * level) / np.maximum(n, 1))
     return np.array([np.nanquantile(z[:, t], q[t], method="higher") for t in range(z.shape[1])])
 
@@ -81,8 +81,10 @@ def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool
     """Choose members (all, or greedily on validation), calibrate their spread on validation, score on test and
     write ``out``: ensemble.json, test_results.csv and calibration.png. Returns the ensemble's record."""
     runs = [Path(r) for r in runs]
-    if len(runs) < 2:
-        raise ValueError("an ensemble needs at least two members (run folders)")
+    if len({r.resolve() for r in runs}) < 2:
+        raise ValueError("an ensemble needs at least two different members (run folders)")
+    if len({r.resolve() for r in runs}) < len(runs):
+        raise ValueError("a run is listed twice in --members: each member once (--select may count one more often)")
     splits = [_splits(r) for r in runs]
     for run, split in zip(runs[1:], splits[1:]):
         if split["val"] != splits[0]["val"]:

@@ -267,19 +267,14 @@ def _quantity_mismatch(y: np.ndarray, pred: np.ndarray, n_atoms: np.ndarray) -> 
 
 
 def split_of_run(checkpoint: Path) -> dict[str, set[str]]:
-    """The train and validation ids of the run a checkpoint belongs to (its run folder's split.csv), or {}."""
-    import csv
-
-    from cgcnn_lab.packaged import is_packaged, split_of
+    """The train and validation ids of the run a checkpoint belongs to (its run folder's split.csv, a packaged
+    model's split.csv.gz), or {}."""
+    from cgcnn_lab.packaged import SPLIT, ids_by_split, is_packaged, read_split
 
     if is_packaged(checkpoint):
-        return split_of(checkpoint)
-    path = checkpoint.parent.parent / "split.csv" if checkpoint.parent.name == "checkpoints" else None
-    if path is None or not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {name: {r["id"] for r in rows if r.get("split") == name} for name in ("train", "val")}
+        return ids_by_split(read_split(Path(checkpoint) / SPLIT))
+    in_run = checkpoint.parent.name == "checkpoints"
+    return ids_by_split(read_split(checkpoint.parent.parent / "split.csv")) if in_run else {}
 
 
 def _check_member(model, trained: TrainedModel, first: TrainedModel, ids: list, first_ids: list) -> None:

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where weights are read: listing the zoo's cards never pays for it
@@ -106,11 +105,14 @@ def write_split(folder: Path, rows) -> None:
         f.write(text.getvalue().encode())
 
 
-def split_of(folder: Path) -> dict[str, set[str]]:
-    """The train and validation ids of a packaged model that ships its split ({} when it does not)."""
-    path = Path(folder) / SPLIT
+def read_split(path: str | Path) -> list[tuple[str, str]]:
+    """(id, split) rows of a run's split.csv or a packaged model's split.csv.gz ([] when there is none)."""
+    path = Path(path)
     if not path.is_file():
-        return {}
-    with gzip.open(path, "rt", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {name: {r["id"] for r in rows if r["split"] == name} for name in ("train", "val")}
+        return []
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as f:
+        return [(r["id"], r["split"]) for r in csv.DictReader(f)]
+
+
+def ids_by_split(rows: list[tuple[str, str]], names=("train", "val")) -> dict[str, set[str]]:
+    return {name: {i for i, split in rows if split == name} for name in names} if rows else {}

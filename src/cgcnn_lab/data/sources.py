@@ -484,7 +484,7 @@ def parse_structure(entry: Entry) -> Structure:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 if text.startswith("{"):
-                    structure = Structure.from_dict(json.loads(text))
+                    structure = Structure.from_dict(_plain_structure(json.loads(text)))
                 else:
                     structure = Structure.from_str(text, fmt="cif")
         except Exception as err:  # noqa: BLE001  pymatgen raises anything on a broken file
@@ -494,6 +494,19 @@ def parse_structure(entry: Entry) -> Structure:
                     raise DataError(f"{entry.where}: {kind}: no cell parameters ({', '.join(missing)} missing)") from None
             raise DataError(f"{entry.where}: {kind}: {parse_failure(err, caught)}") from None
     return check_structure(structure, entry.where)
+
+
+def _plain_structure(d: object) -> object:
+    """A Structure dict with only what a crystal graph needs (cell, species, coordinates). Site and structure
+    ``properties`` are decoded by monty, which imports whatever module an ``@module`` key names: the data must
+    not choose what the program imports (a file from anywhere, an upload to ``cgcnn-lab serve``)."""
+    if not isinstance(d, dict):
+        return d  # pymatgen says what is wrong with it
+    plain = {k: v for k, v in d.items() if k != "properties"}
+    if isinstance(d.get("sites"), list):
+        plain["sites"] = [{k: v for k, v in site.items() if k != "properties"} if isinstance(site, dict) else site
+                          for site in d["sites"]]
+    return plain
 
 
 def check_structure(structure: Structure, where: str) -> Structure:

@@ -14,15 +14,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from cgcnn_lab.contributions import site_contributions
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.sources import RawDataset
-from cgcnn_lab.contributions import site_contributions
 from cgcnn_lab.inference import expand_ensembles, load_trained, predict_data
 from cgcnn_lab.serve import results
 from cgcnn_lab.serve.limits import ACCEPTED, Limits, megabytes
@@ -80,10 +81,16 @@ def _validation_message(err: RequestValidationError, models: Sequence[str]) -> s
     return "; ".join(parts)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def create_app(models: Sequence[str | Path] | Mapping[str, ServedModel] = (), limits: Limits | None = None, *,
-               atom_init: str | Path | None = None, with_zoo: bool | None = None) -> FastAPI:
+               atom_init: str | Path | None = None, with_zoo: bool | None = None,
+               hosts: Sequence[str] | None = None) -> FastAPI:
     """The app serving ``models`` (zoo names, run folders, checkpoints, ensembles; none: the zoo), each loaded
-    here so that a broken one fails now, with the command line's message."""
+    here so that a broken one fails now, with the command line's message. ``hosts``: the only Host headers
+    answered (``cgcnn-lab serve`` on a loopback address passes ``LOOPBACK``: a web page whose name resolves to
+    127.0.0.1 cannot reach the server through it)."""
     served = dict(models) if isinstance(models, Mapping) else serve_models(models, atom_init, with_zoo)
     limits = limits or Limits()
     lock = threading.Lock()
@@ -93,6 +100,20 @@ def create_app(models: Sequence[str | Path] | Mapping[str, ServedModel] = (), li
                      f"API. Limits: {limits.describe()}. Errors answer `{{\"detail\": message}}`."))
     app.state.served, app.state.limits = served, limits
     app.add_middleware(BodyLimit, limit=limits.request_bytes)
+    if hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next):
+        """A page of another site may not post to this server from the user's browser (uploads, model runs)."""
+        origin = request.headers.get("origin")
+        if request.method != "GET" and origin and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"detail": f"refused: a request from the page of another site ({origin})"},
+                                status_code=403)
+        return await call_next(request)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     errors = {code: {"model": Problem, "description": text} for code, text in [
         (404, "no such model on this server, or no such structure in the upload"),

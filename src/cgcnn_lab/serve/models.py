@@ -54,7 +54,8 @@ class ServedModel:
 def serve_models(refs: Sequence[str | Path] = (), atom_init: str | Path | None = None,
                  with_zoo: bool | None = None) -> dict[str, ServedModel]:
     """The models named in ``refs`` (their text as the name), then the zoo's (by default only when ``refs`` is
-    empty); each is loaded once here, so that a broken one stops the server before it starts."""
+    empty); each is loaded here to check it, so that a broken one stops the server before it starts (a request
+    loads its model's weights again: they are small, and a run folder retrained meanwhile is not half-read)."""
     served: dict[str, ServedModel] = {}
     for ref in refs:
         name = str(ref).rstrip("/") or str(ref)
@@ -65,7 +66,8 @@ def serve_models(refs: Sequence[str | Path] = (), atom_init: str | Path | None =
         for member in members[1:]:
             load_trained(member, atom_init=atom_init)
         card = zoo.card(name) if zoo.find(name) is not None and not Path(name).exists() else {}
-        served[name] = ServedModel(name, str(ref), spec, len(members), str(atom_init) if atom_init else None, card)
+        own = str(atom_init) if atom_init and spec.format == "cgcnn-original" else None  # ours carry their own
+        served[name] = ServedModel(name, str(ref), spec, len(members), own, card)
     if with_zoo or (with_zoo is None and not refs):
         for name in zoo.names():
             if name not in served:

@@ -1,7 +1,7 @@
 """Uploaded files -> a ``RawDataset``, read as ``cgcnn-lab predict`` reads files, inside a temporary folder.
 
-Every check of a request's size happens here, before any structure is featurised, and every message names the
-file as the user named it: the temporary folder never shows.
+Every check of a request's size happens here, before any structure is featurised, and no message or id shows the
+temporary folder (files are saved under a safe version of their name: ``my file.cif`` as ``my_file.cif``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cgcnn_lab.data.fastcif import read_plain_cif
-from cgcnn_lab.data.files import file_format
-from cgcnn_lab.data.sources import DataError, Entry, RawDataset, load_dataset, parse_structure
+from cgcnn_lab.data.files import file_format, read_structure_files
+from cgcnn_lab.data.sources import TABLE_SUFFIXES, DataError, Entry, RawDataset, parse_structure
 from cgcnn_lab.serve.limits import ACCEPTED, FORMATS, Limits, megabytes
 
 
@@ -59,7 +59,7 @@ def save_uploads(uploads: Sequence[Upload], folder: Path, limits: Limits) -> lis
     paths, taken = [], set()
     for upload in uploads:
         path = folder / safe_name(upload.name or "upload", taken)
-        if file_format(path) not in FORMATS:
+        if file_format(path) not in FORMATS or path.name.lower().endswith(TABLE_SUFFIXES):  # POSCAR.csv.gz: a table
             raise UploadError(f"{upload.name}: not a structure file this server reads (by its name); upload {ACCEPTED}",
                               415)
         with open(path, "wb") as out:
@@ -85,7 +85,10 @@ def _copy(source: BinaryIO, out: BinaryIO, limit: int, chunk: int = 1 << 16) -> 
 def read_uploads(paths: Sequence[Path], limits: Limits) -> RawDataset:
     """The structures of the saved files, as ``cgcnn-lab predict a.cif b.vasp`` reads them (a bad file among good
     ones is skipped and reported; alone, it is the error), checked against the limits."""
-    raw = load_dataset([str(p) for p in paths], require_targets=False)
+    raw = read_structure_files(paths)  # structure files only: never a table, whatever the name says
+    folder = f"{paths[0].parent.name}/"
+    for entry in raw.entries:  # POSCAR, CONTCAR, structure.cif: their id would carry the temporary folder's name
+        entry.id = entry.id.removeprefix(folder)
     if len(raw.entries) > limits.structures:
         raise UploadError(f"{len(raw.entries)} structures in the upload (each frame of an extxyz file counts): this "
                           f"server takes at most {limits.structures} per request", 413)
@@ -106,7 +109,8 @@ def atom_count(entry: Entry, limit: int) -> tuple[int | None, bool]:
     if not isinstance(text, str):
         return len(text), False
     if text.lstrip().startswith("{"):  # structure JSON of a POSCAR or extxyz frame (data/files.py)
-        return len(json.loads(text).get("sites", [])), False
+        sites = json.loads(text).get("sites", [])
+        return (len(sites) if isinstance(sites, list) else None), False
     cell = read_plain_cif(text)
     if cell is not None:
         return len(cell.z), False
