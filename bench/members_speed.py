@@ -48,7 +48,7 @@ from cgcnn_lab.training.module import make_optimizer
 DATA = Path(__file__).resolve().parents[2] / "shared/data/castelli_perovskites.csv.gz"
 if not DATA.exists():
     DATA = Path("/work/shared/data/castelli_perovskites.csv.gz")
-MATBENCH = dict(conv="gated", n_conv=4, atom_fea_len=64, h_fea_len=32)  # presets.py "matbench"
+MATBENCH = {"conv": "gated", "n_conv": 4, "atom_fea_len": 64, "h_fea_len": 32}  # presets.py "matbench"
 LR, WEIGHT_DECAY = 2e-3, 0.01
 
 
@@ -104,7 +104,7 @@ class _StackedGatedMessages(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dmean, _dvar):
-        x, bonds, wc, wn, wu, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma = ctx.saved_tensors
+        x, bonds, wc, wn, _wu, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma = ctx.saved_tensors
         k, n, a = x.shape
         dm = dout.index_select(1, center).mul_(mm)
         dy = torch.empty_like(x_hat)
@@ -383,8 +383,8 @@ def time_all(table, batches, ks, threads, rounds):
             steps = k * len(batches)
             med = {name: statistics.median(ts) for name, ts in times.items()}
             for name, ts in times.items():
-                rows.append(dict(threads=t, k=k, variant=name, rate=steps / med[name], ms=1e3 * med[name] / steps,
-                                 speedup=med["sequential"] / med[name], spread=min(ts) / max(ts)))
+                rows.append({"threads": t, "k": k, "variant": name, "rate": steps / med[name], "ms": 1e3 * med[name] / steps,
+                                 "speedup": med["sequential"] / med[name], "spread": min(ts) / max(ts)})
             print(f"  threads={t} K={k}: " + ", ".join(f"{r['variant']} {r['rate']:.1f} member-steps/s "
                   f"({r['speedup']:.2f}x)" for r in rows[-len(times):]), flush=True)
     return rows
@@ -423,7 +423,7 @@ def main() -> None:
     args = p.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     print(f"load average before: {os.getloadavg()}")
-    dataset, n_train, batches = load_batches(args.batches)
+    _dataset, n_train, batches = load_batches(args.batches)
     table = ElementEncoding.cgcnn92().table
     nodes = np.mean([b.num_nodes for b in batches])
     edges = np.mean([b.edge_index.shape[1] for b in batches])
