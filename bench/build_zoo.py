@@ -58,6 +58,13 @@ RECIPES: dict[str, tuple[str, str, str, list[str]]] = {
 }
 
 
+# name -> (the zoo model whose recipe the members share, the seeds of the other members): members of one split
+# (--split-seed of the first), averaged, their spread calibrated on its validation crystals (cgcnn-lab ensemble)
+ENSEMBLES: dict[str, tuple[str, list[int]]] = {
+    "perovskite-e-form-ensemble": ("perovskite-e-form", [1, 2]),
+}
+
+
 def run_folder(name: str) -> Path:
     return ROOT / "runs" / "zoo" / name
 
@@ -91,16 +98,77 @@ def package(name: str) -> None:
     print(f"{name}: {ZOO / name} ({card['size_bytes'] / 1024:.0f} KiB), test {card['test']}")
 
 
+def member_command(base: str, seed: int) -> list[str]:
+    """A further member of an ensemble: the base model's command with another initialisation, the same split."""
+    data, _, _, options = RECIPES[base]
+    kept = [a for k, a in enumerate(options) if a != "--seed" and (k == 0 or options[k - 1] != "--seed")]
+    return ["cgcnn-lab", "train", f"../shared/data/{data}", *kept, "--seed", str(seed), "--split-seed", "0",
+            "--out", f"runs/zoo/{base}-seed{seed}"]
+
+
+def build_ensemble(name: str, train_members: bool) -> None:
+    """Train the further members (resuming), calibrate with ``cgcnn-lab ensemble``, and package every member and
+    the ensemble's record into the zoo."""
+    import json
+    import shutil
+
+    from cgcnn_lab.deploy import package_run
+
+    base, seeds = ENSEMBLES[name]
+    data, description, licence, _ = RECIPES[base]
+    commands = [member_command(base, seed) for seed in seeds]
+    exe = str(Path(sys.executable).with_name("cgcnn-lab"))
+    runs = [run_folder(base)] + [ROOT / c[-1] for c in commands]
+    for command, run in zip(commands, runs[1:]):
+        if train_members and not (run / "metrics.json").is_file():
+            resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+            subprocess.run([exe, *command[1:], *resume], cwd=ROOT, check=True)
+    calibrated = ROOT / "runs" / "zoo" / name
+    target = RECIPES[base][3][RECIPES[base][3].index("--target") + 1]
+    calibrate = [exe, "ensemble", f"../shared/data/{data}", "--target", target, "--members",
+                 *map(str, runs), "--out", str(calibrated)]
+    subprocess.run(calibrate, cwd=ROOT, check=True)
+    record = json.loads((calibrated / "ensemble.json").read_text())
+    out = ZOO / name
+    shutil.rmtree(out, ignore_errors=True)
+    member = json.loads((ZOO / base / "card.json").read_text())  # the first member is the zoo's base model
+    sizes = member["size_bytes"]
+    for k, run in enumerate(runs[1:], start=1):
+        sizes += package_run(run, out / f"member{k}", description=f"member {k} of {name}",
+                             data=f"../shared/data/{data}", licence=licence)["size_bytes"]
+    record["members"] = [f"../{base}"] + [f"member{k}" for k in range(1, len(runs))]
+    (out / "ensemble.json").write_text(json.dumps(record, indent=2) + "\n")
+    command = " && ".join([" ".join(train_command(base)), *(" ".join(c) for c in commands),
+                           f"python bench/build_zoo.py --package-only {name}"])
+    card = {"name": name, "description": f"{description} The mean of {len(runs)} members (seeds 0, "
+                                          f"{', '.join(map(str, seeds))}; one split), with a calibrated spread: "
+                                          "prediction_std is a σ that holds 68 % of validation errors.",
+            "data": f"../shared/data/{data}", "licence": licence, "command": command,
+            "cgcnn_lab_version": member["cgcnn_lab_version"],
+            "test": {"mae": record["test_mae"], "member_mae": record["member_test_mae"],
+                     **{f"calibrated_{k}": v for k, v in record["test_calibrated"].items()}},
+            "split_sizes": member["split_sizes"], "members": len(runs), "scale": record["scale"],
+            "band95": record["band95"],
+            **{k: member[k] for k in ("task", "targets", "unit", "per_atom_training", "threshold", "classes",
+                                      "graph", "network", "parameters")},
+            "size_bytes": sizes}
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"{name}: {out} ({sizes / 1024:.0f} KiB), test MAE {record['test_mae']:.4g}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", metavar="NAME", help=f"models to build (default all): {', '.join(RECIPES)}")
     p.add_argument("--package-only", action="store_true", help="package finished runs, train nothing")
     p.add_argument("--train-only", action="store_true", help="train, package nothing")
     args = p.parse_args()
-    unknown = sorted(set(args.names) - set(RECIPES))
+    unknown = sorted(set(args.names) - set(RECIPES) - set(ENSEMBLES))
     if unknown:
-        p.error(f"unknown model {', '.join(unknown)}; the zoo has {', '.join(RECIPES)}")
-    for name in args.names or list(RECIPES):
+        p.error(f"unknown model {', '.join(unknown)}; the zoo has {', '.join([*RECIPES, *ENSEMBLES])}")
+    for name in args.names or [*RECIPES, *ENSEMBLES]:
+        if name in ENSEMBLES:
+            build_ensemble(name, train_members=not args.package_only)
+            continue
         if not args.package_only:
             train(name)
         if not args.train_only:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -41,12 +42,31 @@ def test_the_zoo_lists_its_models_with_cards(capsys):
         assert name in listing
         card = zoo.card(name)
         for field in ("description", "data", "licence", "command", "test", "split_sizes", "graph", "unit",
-                      "cgcnn_lab_version", "sha256"):
+                      "cgcnn_lab_version"):
             assert field in card, f"{name}: card without {field}"
-        weights = zoo.ZOO / name / "model.safetensors"
-        assert card["size_bytes"] == weights.stat().st_size < 2_000_000
+        weights = [Path(m) / "model.safetensors" for m in _members(name)]
+        assert card["size_bytes"] == sum(w.stat().st_size for w in weights) < 2_000_000
+        for member in _members(name):  # each weights file's checksum, in its own card
+            member_card = json.loads((Path(member) / "card.json").read_text())
+            assert member_card["sha256"] == hashlib.sha256((Path(member) / "model.safetensors").read_bytes()).hexdigest()
     assert main(["models", zoo.names()[0]]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == zoo.names()[0]
+
+
+def test_a_zoo_ensemble_predicts_with_its_calibrated_spread(capsys, tmp_path):
+    name = "perovskite-e-form-ensemble"
+    if zoo.find(name) is None:
+        pytest.skip("no ensemble in the zoo")
+    cubic = _barium_titanate()
+    members = [cgcnn_lab.predict(m, [cubic]) for m in _members(name)]
+    pred = cgcnn_lab.predict(name, [cubic])
+    values = np.array([np.asarray(m)[0, 0] for m in members])
+    assert np.asarray(pred)[0, 0] == pytest.approx(values.mean(), rel=1e-6)
+    assert pred.spread[0, 0] == pytest.approx(values.std() * zoo.card(name)["scale"][0], rel=1e-6)
+    assert main(["models", name]) == 0 and '"band95"' in capsys.readouterr().out
+    cubic.to(filename=str(tmp_path / "x.cif"))
+    assert main(["embed", name, str(tmp_path / "x.cif")]) == 2  # one network is embedded, not an ensemble
+    assert "is an ensemble" in capsys.readouterr().err
 
 
 def test_an_unknown_model_name_is_refused_with_the_zoo_listed(capsys):
@@ -61,14 +81,21 @@ def test_the_zoo_loads_without_unpickling(monkeypatch):
 
     monkeypatch.setattr(torch, "load", refuse)
     for name in zoo.names():
-        trained = cgcnn_lab.load(name)
-        assert trained.spec.target_names == zoo.card(name)["targets"]
+        for member in _members(name):
+            assert cgcnn_lab.load(member).spec.target_names == zoo.card(name)["targets"]
+
+
+def _members(name: str) -> list:
+    """The packaged folders of a zoo model: itself, or an ensemble's members."""
+    from cgcnn_lab.inference import expand_ensembles
+
+    return expand_ensembles([name])[0] if (zoo.ZOO / name / "ensemble.json").is_file() else [zoo.ZOO / name]
 
 
 def _test_subset(name: str):
     """(raw data of the held-out test crystals of zoo model ``name``, its card)."""
     card = zoo.card(name)
-    with gzip.open(zoo.ZOO / name / "split.csv.gz", "rt", newline="") as f:
+    with gzip.open(Path(_members(name)[0]) / "split.csv.gz", "rt", newline="") as f:  # an ensemble's: one split
         test_ids = {r["id"] for r in csv.DictReader(f) if r["split"] == "test"}
     assert len(test_ids) == card["split_sizes"]["test"]
     raw = load_dataset(SHARED / Path(card["data"]).name, card["targets"])

@@ -66,12 +66,13 @@ def load_trained(model: str | Path, atom_init: str | Path | None = None) -> Trai
     if named is None and not Path(model).exists():
         raise CheckpointError(f"{model}: no such file or folder, and not a zoo model (cgcnn-lab models lists them: "
                               f"{', '.join(zoo.names())})")
-    if named is not None or packaged.is_packaged(model):
-        spec, state, _ = packaged.load_packaged(named or model)
+    model = named or model
+    if packaged.is_packaged(model):
+        spec, state, _ = packaged.load_packaged(model)
         net = spec.build_model()
         net.load_state_dict(state)
         net.eval()
-        return TrainedModel(net, spec, packaged.folder_of(named or model))
+        return TrainedModel(net, spec, packaged.folder_of(model))
     path = resolve_checkpoint(model)
     ckpt = safe_load(path)
     if original.is_original(ckpt):
@@ -330,6 +331,9 @@ def expand_ensembles(models: Sequence[str | Path]) -> tuple[list, np.ndarray | f
     factor its calibration puts on their spread (1 for models given one by one)."""
     import json
 
+    from cgcnn_lab import zoo
+
+    models = [zoo.find(m) or m if not Path(m).exists() else m for m in models]  # a zoo ensemble, by name
     folders = [m for m in models if (Path(m) / ENSEMBLE_FILE).is_file()]
     if not folders:
         return list(models), 1.0

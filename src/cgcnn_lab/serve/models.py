@@ -71,7 +71,9 @@ def serve_models(refs: Sequence[str | Path] = (), atom_init: str | Path | None =
     if with_zoo or (with_zoo is None and not refs):
         for name in zoo.names():
             if name not in served:
-                served[name] = ServedModel(name, name, load_trained(name).spec, card=zoo.card(name))
+                members, _ = expand_ensembles([name])  # a zoo ensemble serves its members' mean and spread
+                served[name] = ServedModel(name, name, load_trained(members[0]).spec, len(members),
+                                           card=zoo.card(name))
     if not served:
         raise ValueError("no models to serve: name one or more (zoo names, run folders, checkpoints)")
     return served

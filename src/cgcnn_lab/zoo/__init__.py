@@ -17,9 +17,16 @@ from cgcnn_lab.packaged import CARD, WEIGHTS
 ZOO = Path(__file__).resolve().parent
 
 
+ENSEMBLE = "ensemble.json"  # an ensemble folder (ensembles.py): its members are packaged models inside it
+
+
+def _is_model(folder: Path) -> bool:
+    return (folder / WEIGHTS).is_file() or (folder / ENSEMBLE).is_file()
+
+
 def names() -> list[str]:
-    """The shipped models, by name."""
-    return sorted(p.name for p in ZOO.iterdir() if (p / WEIGHTS).is_file())
+    """The shipped models (single models and calibrated ensembles), by name."""
+    return sorted(p.name for p in ZOO.iterdir() if _is_model(p))
 
 
 def find(name: str | Path) -> Path | None:
@@ -28,7 +35,7 @@ def find(name: str | Path) -> Path | None:
     if "/" in text or "\\" in text or text.startswith("."):
         return None
     folder = ZOO / text
-    return folder if (folder / WEIGHTS).is_file() else None
+    return folder if _is_model(folder) else None
 
 
 def card(name: str) -> dict:
