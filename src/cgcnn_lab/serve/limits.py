@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 # the formats a request may upload, by data/files.py's names: text formats only (no ASE database, trajectory or
-# JSON, whose readers may build arbitrary objects), so nothing from a request is ever unpickled or imported
+# JSON, whose readers may build arbitrary objects), so nothing from a request is ever unpickled; structure JSON is
+# read without the properties monty would import modules for (data/sources.py)
 FORMATS = {"cif": "CIF", "vasp": "POSCAR", "extxyz": "extxyz"}
 ACCEPTED = "CIF (.cif), POSCAR (.vasp, .poscar, POSCAR*, CONTCAR*) or extxyz (.xyz, .extxyz)"
 
@@ -24,9 +25,12 @@ class Limits:
     atoms: int = 500  # in one structure
 
     def __post_init__(self) -> None:
+        flags = {"file_bytes": "--max-file-mb", "request_bytes": "--max-request-mb", "structures": "--max-structures",
+                 "atoms": "--max-atoms"}
         for name, value in asdict(self).items():
             if value < 1:
-                raise ValueError(f"serve limit {name} must be >= 1, got {value}")
+                shown = megabytes(value) if name.endswith("bytes") else value
+                raise ValueError(f"{flags[name]} must be positive (got {shown})")
 
     def describe(self) -> str:
         """The limits in one sentence, as the page and the API's documentation state them."""
