@@ -18,7 +18,7 @@ FLOORS = {
     "optionfield": 0, "console": 0, "cpu": 0, "version": 0, "data": 1, "model": 2, "spec": 3, "targets": 3,
     "checkpoint": 3, "metrics": 3, "packaged": 3, "inference": 4, "original": 4, "zoo": 4, "embedding": 4,
     "deploy": 4, "ensembles": 4, "training": 5, "experiments": 6, "contributions": 6, "course": 6, "cli": 7,
-    "__init__": 7, "serve": 7,
+    "__init__": 7, "web": 7,
 }
 
 

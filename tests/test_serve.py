@@ -27,10 +27,10 @@ from pymatgen.core import Lattice, Structure
 import cgcnn_lab
 from cgcnn_lab import zoo
 from cgcnn_lab.cli import main
-from cgcnn_lab.serve.app import create_app
-from cgcnn_lab.serve.background import free_port
-from cgcnn_lab.serve.limits import Limits
-from cgcnn_lab.serve.uploads import safe_name
+from cgcnn_lab.web.app import create_app
+from cgcnn_lab.web.background import free_port
+from cgcnn_lab.web.limits import Limits
+from cgcnn_lab.web.uploads import safe_name
 
 REGRESSION, EXPLAINED = "mp-perovskite-e-form", "perovskite-vs-oxides"  # zoo models; the second has an atom readout
 LIMITS = Limits(file_bytes=20_000, request_bytes=200_000, structures=5, atoms=40)

@@ -57,8 +57,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def url():
-    from cgcnn_lab.serve.app import create_app
-    from cgcnn_lab.serve.background import running
+    from cgcnn_lab.web.app import create_app
+    from cgcnn_lab.web.background import running
 
     with running(create_app([MODEL, "mp-perovskite-e-form"])) as base:
         yield base

@@ -210,8 +210,7 @@ def test_the_python_api_has_every_command_line_verb():
     from cgcnn_lab.deploy import FORMATS
 
     verbs = set(build_parser().parse_args(["models"]).subparsers)
-    # serve runs a server, not a function: from Python it is cgcnn_lab.serve.app.create_app (an ASGI app)
-    assert verbs - {"demo", "serve"} <= set(cgcnn_lab.__all__), verbs - set(cgcnn_lab.__all__)
+    assert verbs <= set(cgcnn_lab.__all__), verbs - set(cgcnn_lab.__all__)
     assert EXPORT_FORMATS == FORMATS
 
 
@@ -320,3 +319,10 @@ def test_export_says_when_out_is_the_wrong_kind_of_path(tmp_path, capsys):
     assert "writes a folder" in capsys.readouterr().err
     assert main(["export", "perovskite-vs-oxides", "--format", "torchscript", "--out", str(tmp_path)]) == 2
     assert "writes one file" in capsys.readouterr().err
+
+
+def test_the_demo_verb_from_python(tmp_path):
+    lines = []
+    result = cgcnn_lab.demo(n=60, epochs=1, out=str(tmp_path / "demo"), cache_dir=str(tmp_path / "cache"),
+                            progress=False, log=lines.append)
+    assert "GENERATED, not DFT" in lines[0] and "test_mae" in result.metrics

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from cgcnn_lab.version import __version__
 
-__all__ = ["__version__", "compare", "embed", "ensemble", "explain", "export", "featurize", "load", "models", "predict",
-           "train"]
+__all__ = ["__version__", "compare", "demo", "embed", "ensemble", "explain", "export", "featurize", "load", "models",
+           "predict", "serve", "train"]
 
 
 def load(model: str | Path, atom_init: str | Path | None = None):
@@ -175,3 +175,52 @@ def compare(data, grid: dict[str, list], *, seeds: int = 3, mode: str = "grid", 
                 "one-at-a-time" else full_grid(grid))
     return run(data_opts, model, opts, variants, [opts.seed + k for k in range(seeds)], opts.out, jobs=parallel,
                log=log)
+
+
+def serve(models=(), *, host: str = "127.0.0.1", port: int = 8000, atom_init=None, zoo: bool = False,
+          max_file_mb: float = 2.0, max_request_mb: float = 10.0, max_structures: int = 50, max_atoms: int = 500,
+          log_level: str = "info") -> None:
+    """Serve ``models`` (none: the zoo; ``zoo=True``: the zoo too) on a local page and JSON API until stopped, as
+    ``cgcnn-lab serve`` (the serve extra: FastAPI and uvicorn)."""
+    try:
+        import uvicorn
+
+        from cgcnn_lab.web.app import LOOPBACK, create_app
+    except ImportError as err:
+        raise ValueError(f"cgcnn-lab serve needs the serve extra ({err.name} is not installed): "
+                         "pip install 'cgcnn-lab[serve]'") from None
+    from cgcnn_lab.web.limits import Limits
+
+    limits = Limits(file_bytes=int(max_file_mb * 1e6), request_bytes=int(max_request_mb * 1e6),
+                    structures=max_structures, atoms=max_atoms)
+    app = create_app(list(models), limits, atom_init=atom_init, with_zoo=True if zoo else None,
+                     hosts=LOOPBACK if host in LOOPBACK else None)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"cgcnn-lab serve: {', '.join(app.state.served)} at http://{shown}:{port}/ (API documentation at /docs); "
+          "Ctrl-C stops")
+    if host not in LOOPBACK:
+        print(f"warning: listening on {host}: anyone who can reach it may use it (there is no login)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def demo(*, out: str = "runs/demo", n: int = 2000, epochs: int = 30, seed: int = 0, data_seed: int = 0,
+         cache_dir: str | None = None, progress: bool = True, log=print):
+    """Generate the offline demo dataset (charge-balanced ABX3 cells labelled with their Ewald energy: physics,
+    not DFT) and train on it, as ``cgcnn-lab demo``. Returns the ``RunResult``."""
+    import time
+
+    from cgcnn_lab.data.demo import DEMO_TARGET, DEMO_UNIT, write_demo_dataset
+    from cgcnn_lab.data.featurize import default_cache_dir
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / "demo" / f"generated-perovskites-n{n}-seed{data_seed}.csv.gz"
+    log("cgcnn-lab demo: this dataset is GENERATED, not DFT. It holds charge-balanced ABX3 perovskite cells with")
+    log("random strains and displacements, labelled with their Ewald (Madelung) energy per atom from pymatgen.")
+    if not path.exists():
+        start = time.perf_counter()
+        write_demo_dataset(path, n=n, seed=data_seed)
+        log(f"generated {n} structures in {time.perf_counter() - start:.1f} s -> {path}")
+    else:
+        log(f"using the cached generated dataset {path}")
+    return train(str(path), targets=[DEMO_TARGET], unit=DEMO_UNIT, cache_dir=cache_dir, epochs=epochs, batch_size=64,
+                 seed=seed, out=out, progress=progress, log=log)

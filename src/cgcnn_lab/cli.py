@@ -256,27 +256,11 @@ def cmd_models(args) -> int:
 
 def cmd_serve(args) -> int:
     """A local page and JSON API to try models on structure files (the serve extra: FastAPI and uvicorn)."""
-    try:
-        import uvicorn
+    from cgcnn_lab import serve
 
-        from cgcnn_lab.serve.app import create_app
-    except ImportError as err:
-        raise ValueError(f"cgcnn-lab serve needs the serve extra ({err.name} is not installed): "
-                         "pip install 'cgcnn-lab[serve]'") from None
-    from cgcnn_lab.serve.limits import Limits
-
-    limits = Limits(file_bytes=int(args.max_file_mb * 1e6), request_bytes=int(args.max_request_mb * 1e6),
-                    structures=args.max_structures, atoms=args.max_atoms)
-    from cgcnn_lab.serve.app import LOOPBACK
-
-    app = create_app(args.models, limits, atom_init=args.atom_init, with_zoo=True if args.zoo else None,
-                     hosts=LOOPBACK if args.host in LOOPBACK else None)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"cgcnn-lab serve: {', '.join(app.state.served)} at http://{host}:{args.port}/ "
-          f"(API documentation at /docs); Ctrl-C stops")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach it may use it (there is no login)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve(args.models, host=args.host, port=args.port, atom_init=args.atom_init, zoo=args.zoo,
+          max_file_mb=args.max_file_mb, max_request_mb=args.max_request_mb, max_structures=args.max_structures,
+          max_atoms=args.max_atoms, log_level=args.log_level)
     return 0
 
 
@@ -309,26 +293,12 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from cgcnn_lab.data.demo import DEMO_TARGET, DEMO_UNIT, write_demo_dataset
-    from cgcnn_lab.data.featurize import default_cache_dir
-    from cgcnn_lab.training.run import train
+    from cgcnn_lab import demo
 
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    path = cache / "demo" / f"generated-perovskites-n{args.n}-seed{args.data_seed}.csv.gz"
-    print("cgcnn-lab demo: this dataset is GENERATED, not DFT. It holds charge-balanced ABX3 perovskite cells with")
-    print("random strains and displacements, labelled with their Ewald (Madelung) energy per atom from pymatgen.")
-    if not path.exists():
-        t = time.perf_counter()
-        write_demo_dataset(path, n=args.n, seed=args.data_seed)
-        print(f"generated {args.n} structures in {time.perf_counter() - t:.1f} s -> {path}")
-    else:
-        print(f"using the cached generated dataset {path}")
-    data = DataOptions(source=str(path), targets=[DEMO_TARGET], unit=DEMO_UNIT, cache_dir=args.cache_dir)
-    opts = TrainOptions(epochs=args.epochs, batch_size=64, seed=args.seed, out=args.out,
-                        progress=not args.no_progress)
     if Path(args.out, "checkpoints", "last.ckpt").exists():
         raise SystemExit(f"error: {args.out} already holds a run; remove it or pass --out elsewhere")
-    train(data, ModelConfig(), opts)
+    demo(out=args.out, n=args.n, epochs=args.epochs, seed=args.seed, data_seed=args.data_seed,
+         cache_dir=args.cache_dir, progress=not args.no_progress)
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cgcnn_lab.data.sources import RawDataset
 from cgcnn_lab.inference import Predictions
-from cgcnn_lab.serve.uploads import scrub
+from cgcnn_lab.web.uploads import scrub
 
 
 def plain(value):

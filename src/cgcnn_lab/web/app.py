@@ -25,13 +25,13 @@ from cgcnn_lab.contributions import site_contributions
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.data.sources import RawDataset
 from cgcnn_lab.inference import expand_ensembles, load_trained, predict_data
-from cgcnn_lab.serve import results
-from cgcnn_lab.serve.limits import ACCEPTED, Limits, megabytes
-from cgcnn_lab.serve.models import ServedModel, serve_models
-from cgcnn_lab.serve.schemas import LimitsInfo, ModelInfo, PredictResult, Problem, StructureView
-from cgcnn_lab.serve.uploads import Upload, UploadError, read_uploads, save_uploads, scrub
-from cgcnn_lab.serve.view import structure_view
 from cgcnn_lab.version import __version__
+from cgcnn_lab.web import results
+from cgcnn_lab.web.limits import ACCEPTED, Limits, megabytes
+from cgcnn_lab.web.models import ServedModel, serve_models
+from cgcnn_lab.web.schemas import LimitsInfo, ModelInfo, PredictResult, Problem, StructureView
+from cgcnn_lab.web.uploads import Upload, UploadError, read_uploads, save_uploads, scrub
+from cgcnn_lab.web.view import structure_view
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from cgcnn_lab.data.fastcif import read_plain_cif
 from cgcnn_lab.data.files import file_format, read_structure_files
 from cgcnn_lab.data.sources import TABLE_SUFFIXES, DataError, Entry, RawDataset, parse_structure
-from cgcnn_lab.serve.limits import ACCEPTED, FORMATS, Limits, megabytes
+from cgcnn_lab.web.limits import ACCEPTED, FORMATS, Limits, megabytes
 
 
 class UploadError(ValueError):
