@@ -75,16 +75,21 @@ def train_command(name: str) -> list[str]:
     return ["cgcnn-lab", "train", f"../shared/data/{data}", *options, "--out", f"runs/zoo/{name}"]
 
 
-def train(name: str) -> None:
-    out = run_folder(name)
-    resume = ["--resume"] if (out / "checkpoints" / "last.ckpt").is_file() else []
+CGCNN_LAB = str(Path(sys.executable).with_name("cgcnn-lab"))
+
+
+def run_training(command: list[str], out: Path) -> None:
+    """A ``cgcnn-lab train`` command, unless its run finished; an interrupted one resumes."""
     if (out / "metrics.json").is_file():
-        print(f"{name}: trained ({out})")
+        print(f"trained: {out}")
         return
-    command = train_command(name)
-    exe = str(Path(sys.executable).with_name("cgcnn-lab"))
+    resume = ["--resume"] if (out / "checkpoints" / "last.ckpt").is_file() else []
     print(" ".join(command + resume), flush=True)
-    subprocess.run([exe, *command[1:], *resume], cwd=ROOT, check=True)
+    subprocess.run([CGCNN_LAB, *command[1:], *resume], cwd=ROOT, check=True)
+
+
+def train(name: str) -> None:
+    run_training(train_command(name), run_folder(name))
 
 
 def package(name: str) -> None:
@@ -117,15 +122,13 @@ def build_ensemble(name: str, train_members: bool) -> None:
     base, seeds = ENSEMBLES[name]
     data, description, licence, _ = RECIPES[base]
     commands = [member_command(base, seed) for seed in seeds]
-    exe = str(Path(sys.executable).with_name("cgcnn-lab"))
     runs = [run_folder(base)] + [ROOT / c[-1] for c in commands]
-    for command, run in zip(commands, runs[1:]):
-        if train_members and not (run / "metrics.json").is_file():
-            resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").is_file() else []
-            subprocess.run([exe, *command[1:], *resume], cwd=ROOT, check=True)
+    if train_members:
+        for command, run in zip(commands, runs[1:]):
+            run_training(command, run)
     calibrated = ROOT / "runs" / "zoo" / name
     target = RECIPES[base][3][RECIPES[base][3].index("--target") + 1]
-    calibrate = [exe, "ensemble", f"../shared/data/{data}", "--target", target, "--members",
+    calibrate = [CGCNN_LAB, "ensemble", f"../shared/data/{data}", "--target", target, "--members",
                  *map(str, runs), "--out", str(calibrated)]
     subprocess.run(calibrate, cwd=ROOT, check=True)
     record = json.loads((calibrated / "ensemble.json").read_text())

@@ -70,22 +70,30 @@ def train(data, y=None, *, preset: str | None = None, log=print, **options):
     targets ``y`` (or, for ASE frames, ``targets=["energy"]``: their own properties);
     ``options`` are any option fields (``epochs=50``, ``conv="shared"``, ``per_atom=True``, ``out="runs/x"``),
     and win over the ``preset``'s values. Returns the ``RunResult`` (``.metrics``, ``.out``)."""
-    from cgcnn_lab.model.config import ModelConfig
-    from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
-    from cgcnn_lab.training.presets import preset as named
     from cgcnn_lab.training.run import train as run
 
     path = isinstance(data, (str, Path))
-    if path and "out" not in options:  # as the command line: runs/<data name>
-        options["out"] = f"runs/{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}"
-    # what is given here counts as asked for: it wins over the preset and is checked against an --init-from model
+    data_opts, model, opts = _options(data if path else None, "runs/", preset, options)
+    raw = None if path else _raw(data, y, targets=data_opts.targets or None)
+    return run(data_opts, model, opts, raw=raw, log=log)
+
+
+def _options(data, out_prefix: str, preset: str | None, options: dict):
+    """(DataOptions, ModelConfig, TrainOptions) of a verb that trains, as the command line makes them: ``options``
+    count as asked for (they win over the preset and are checked against an --init-from model); a path ``data``
+    is the source and names the default run folder (``OUT_PREFIX<data name>``)."""
+    from cgcnn_lab.model.config import ModelConfig
+    from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
+    from cgcnn_lab.training.presets import preset as named
+
+    if data is not None and "out" not in options:
+        options["out"] = f"{out_prefix}{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}"
     data_opts, model, opts = set_options((DataOptions(), ModelConfig(), TrainOptions(asked=tuple(options))), options)
     if preset:
         data_opts, model, opts = named(preset).apply(data_opts, model, opts, keep=options)
-    if path:
+    if data is not None:
         data_opts.source = str(data)
-    raw = None if path else _raw(data, y, targets=data_opts.targets or None)
-    return run(data_opts, model, opts, raw=raw, log=log)
+    return data_opts, model, opts
 
 
 def models() -> list[dict]:
@@ -159,22 +167,13 @@ def compare(data, grid: dict[str, list], *, seeds: int = 3, mode: str = "grid", 
             preset: str | None = None, log=print, **options):
     """Train every variant of ``grid`` ({"conv": ["gated", "shared"]}) over ``seeds`` seeds on identical splits
     and report, as ``cgcnn-lab compare``; returns the results table (a DataFrame)."""
-    from cgcnn_lab.experiments import base_value, full_grid, one_at_a_time
     from cgcnn_lab.experiments import compare as run
-    from cgcnn_lab.model.config import ModelConfig
-    from cgcnn_lab.training.options import DataOptions, TrainOptions, set_options
-    from cgcnn_lab.training.presets import preset as named
+    from cgcnn_lab.experiments import variants_of
 
-    options.setdefault("out", f"runs/compare-{Path(str(data).rstrip('/')).name.split('.')[0] or 'run'}")
-    data_opts, model, opts = set_options((DataOptions(source=str(data)), ModelConfig(),
-                                          TrainOptions(asked=tuple(options))), options)
-    if preset:
-        data_opts, model, opts = named(preset).apply(data_opts, model, opts, keep=options)
+    data_opts, model, opts = _options(data, "runs/compare-", preset, options)
     grid = {k: [str(v) for v in values] for k, values in grid.items()}
-    variants = (one_at_a_time(grid, {k: base_value(k, data_opts, model, opts) for k in grid}) if mode ==
-                "one-at-a-time" else full_grid(grid))
-    return run(data_opts, model, opts, variants, [opts.seed + k for k in range(seeds)], opts.out, jobs=parallel,
-               log=log)
+    return run(data_opts, model, opts, variants_of(grid, mode, data_opts, model, opts),
+               [opts.seed + k for k in range(seeds)], opts.out, jobs=parallel, log=log)
 
 
 def serve(models=(), *, host: str = "127.0.0.1", port: int = 8000, atom_init=None, zoo: bool = False,

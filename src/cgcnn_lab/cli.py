@@ -196,7 +196,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cgcnn_lab.experiments import base_value, compare, full_grid, load_sweep, one_at_a_time, parse_grid
+    from cgcnn_lab.experiments import compare, load_sweep, parse_grid, variants_of
 
     grid, mode, n_seeds = parse_grid(args.grid), args.mode, args.seeds
     if args.sweep:
@@ -207,12 +207,9 @@ def cmd_compare(args) -> int:
     if not grid:
         raise ValueError("nothing to compare: give --grid FACTOR=V1,V2 (repeatable) or --sweep FILE")
     data, model, opts = training_options(args, f"runs/compare-{_data_name(args)}")
-    if mode == "one-at-a-time":
-        variants = one_at_a_time(grid, {k: base_value(k, data, model, opts) for k in grid})
-    else:
-        variants = full_grid(grid)
     seeds = [opts.seed + k for k in range(n_seeds)]
-    compare(data, model, opts, variants, seeds, opts.out, jobs=args.parallel, report_only=args.report_only)
+    compare(data, model, opts, variants_of(grid, mode, data, model, opts), seeds, opts.out, jobs=args.parallel,
+            report_only=args.report_only)
     return 0
 
 

@@ -67,13 +67,17 @@ def example_batch(trained: TrainedModel):
     return next(iter(dataset.loader(batch_size=2)))
 
 
-def export_torchscript(trained: TrainedModel, path: str | Path) -> Path:
-    """Trace the model on :func:`example_batch` and save it with its settings (graph, targets, unit, classes)."""
+def _traceable(trained: TrainedModel, path: str | Path) -> tuple[Path, Deployed, tuple]:
+    """(the file to write, its folder made; the model behind plain tensors; the example inputs to trace with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    deployed = Deployed(trained).eval()
     example = example_batch(trained)
-    inputs = tuple(getattr(example, name) for name in INPUTS)
+    return path, Deployed(trained).eval(), tuple(getattr(example, name) for name in INPUTS)
+
+
+def export_torchscript(trained: TrainedModel, path: str | Path) -> Path:
+    """Trace the model on :func:`example_batch` and save it with its settings (graph, targets, unit, classes)."""
+    path, deployed, inputs = _traceable(trained, path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are traced as sizes, checked below
         traced = torch.jit.trace(deployed, inputs, check_trace=False)
@@ -100,11 +104,7 @@ def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
         raise ValueError("--format onnx needs onnx and onnxscript: pip install 'cgcnn-lab[onnx]'") from None
     from torch.export import Dim
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deployed = Deployed(trained).eval()
-    example = example_batch(trained)
-    inputs = tuple(getattr(example, name) for name in INPUTS)
+    path, deployed, inputs = _traceable(trained, path)
     atoms, edges = Dim("atoms", min=2), Dim("edges", min=2)
     shapes = ({0: atoms}, {1: edges}, {0: edges}, {0: atoms}, {0: Dim("crystals_plus_one", min=3)})
     with warnings.catch_warnings(), torch.no_grad():

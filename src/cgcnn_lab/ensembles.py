@@ -81,9 +81,10 @@ def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool
     """Choose members (all, or greedily on validation), calibrate their spread on validation, score on test and
     write ``out``: ensemble.json, test_results.csv and calibration.png. Returns the ensemble's record."""
     runs = [Path(r) for r in runs]
-    if len({r.resolve() for r in runs}) < 2:
+    distinct = len({r.resolve() for r in runs})
+    if distinct < 2:
         raise ValueError("an ensemble needs at least two different members (run folders)")
-    if len({r.resolve() for r in runs}) < len(runs):
+    if distinct < len(runs):
         raise ValueError("a run is listed twice in --members: each member once (--select may count one more often)")
     splits = [_splits(r) for r in runs]
     for run, split in zip(runs[1:], splits[1:]):
@@ -91,7 +92,10 @@ def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool
             raise ValueError(f"{run} was validated on other crystals than {runs[0]}: calibrating needs members of "
                              "one split (train them with the same --split-seed, or --fold-col/--test-fold)")
     val_ids, test_ids = splits[0]["val"], splits[0]["test"]
-    val, val_pred = member_predictions(runs, raw, val_ids, **read)
+    values, pred = member_predictions(runs, raw, [*val_ids, *test_ids], **read)  # each member loaded once
+    ids = np.asarray(pred.ids, dtype=str)
+    is_val, is_test = np.isin(ids, val_ids), np.isin(ids, test_ids)
+    val, val_pred = values[:, is_val], pred.subset(is_val)
     if val_pred.spec.task != "regression" or val_pred.targets is None or not len(val_pred):
         raise ValueError("calibrating a spread needs a regression ensemble and the validation crystals' targets in "
                          f"{raw.name}")
@@ -108,8 +112,7 @@ def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool
               "n_val": len(val_pred), "val_mae": float(np.abs(val[chosen].mean(0) - val_pred.targets).mean())}
     out.mkdir(parents=True, exist_ok=True)
     if test_ids:
-        test, test_pred = member_predictions(runs, raw, test_ids, **read)
-        record |= _test_record(test, chosen, scale, scale95 / scale, test_pred, out)
+        record |= _test_record(values[:, is_test], chosen, scale, scale95 / scale, pred.subset(is_test), out)
     (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
     log(summary(record, val_pred.spec.unit))
     return record

@@ -116,6 +116,15 @@ def one_at_a_time(grid: dict[str, list[str]], base: dict[str, str]) -> list[Vari
     return variants
 
 
+def variants_of(grid: dict[str, list[str]], mode: str, data: DataOptions, model: ModelConfig,
+                opts: TrainOptions) -> list[Variant]:
+    """The variants ``compare`` trains: every combination (``grid``), or the base and each factor alone
+    (``one-at-a-time``, the base read from the options)."""
+    if mode == "one-at-a-time":
+        return one_at_a_time(grid, {k: base_value(k, data, model, opts) for k in grid})
+    return full_grid(grid)
+
+
 def _same(field: Field, a: str, b: str) -> bool:
     try:
         return parse_value(field, a) == parse_value(field, b)

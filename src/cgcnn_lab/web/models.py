@@ -57,7 +57,8 @@ def serve_models(refs: Sequence[str | Path] = (), atom_init: str | Path | None =
     empty); each is loaded here to check it, so that a broken one stops the server before it starts (a request
     loads its model's weights again: they are small, and a run folder retrained meanwhile is not half-read)."""
     served: dict[str, ServedModel] = {}
-    for ref in refs:
+    shipped = zoo.names() if with_zoo or (with_zoo is None and not refs) else []
+    for ref in [*refs, *shipped]:  # a zoo ensemble serves its members' mean and spread, as a run ensemble does
         name = str(ref).rstrip("/") or str(ref)
         if name in served:
             continue
@@ -68,12 +69,6 @@ def serve_models(refs: Sequence[str | Path] = (), atom_init: str | Path | None =
         card = zoo.card(name) if zoo.find(name) is not None and not Path(name).exists() else {}
         own = str(atom_init) if atom_init and spec.format == "cgcnn-original" else None  # ours carry their own
         served[name] = ServedModel(name, str(ref), spec, len(members), own, card)
-    if with_zoo or (with_zoo is None and not refs):
-        for name in zoo.names():
-            if name not in served:
-                members, _ = expand_ensembles([name])  # a zoo ensemble serves its members' mean and spread
-                served[name] = ServedModel(name, name, load_trained(members[0]).spec, len(members),
-                                           card=zoo.card(name))
     if not served:
         raise ValueError("no models to serve: name one or more (zoo names, run folders, checkpoints)")
     return served
