@@ -552,3 +552,38 @@ def test_fused_gated_messages_equal_the_composite(monkeypatch, merged_atoms: boo
     assert fused.bn1.num_batches_tracked == composite.bn1.num_batches_tracked == 1
     fused.eval()
     assert not fused._fused(inverse, weight, x)  # evaluation uses the running statistics: the composite path
+
+
+# ----------------------------------------------------------------------------- stoichiometry (--stoichiometry on)
+
+
+def test_stoichiometry_features_count_elements_and_ratios() -> None:
+    from cgcnn_lab.model.stoichiometry import stoichiometry
+
+    z = torch.tensor([38, 22, 8, 8, 8, 38, 8, 22, 8, 8])  # SrTiO3, then SrO + TiO2 (4 O in all)
+    batch = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    features = stoichiometry(z, batch, 2)
+    fractions = torch.tensor([0.2, 0.2, 0.6])
+    expected = [3.0, *(float(fractions.pow(p).sum().pow(1 / p)) for p in (2, 3, 5, 7, 10))]
+    torch.testing.assert_close(features[0], torch.tensor(expected))
+    # one merged O row standing for three O atoms (data/batching.py) counts three times
+    merged = stoichiometry(torch.tensor([38, 22, 8]), torch.tensor([0, 0, 0]), 1, torch.tensor([1.0, 1.0, 3.0]))
+    torch.testing.assert_close(merged[0], features[0])
+    torch.testing.assert_close(features[1], features[0])  # same element fractions: same features, as mean pooling
+
+
+def test_stoichiometry_reaches_the_output_network(table) -> None:
+    """An ABO3 and an A2BB'O6 cell whose atoms average alike (an encoding that only knows O from cations): with
+    --stoichiometry on the model tells them apart; pooling alone cannot."""
+    two = np.zeros_like(table[:, :2])
+    two[:, 1], two[8] = 1.0, [1.0, 0.0]  # O, or a cation
+    cubic = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    abo3 = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"], cubic)
+    double = Structure(Lattice.cubic(3.9), ["Sr", "Mg", "O", "O", "O"], cubic) * (2, 1, 1)
+    double.replace([i for i, site in enumerate(double) if site.specie.symbol == "Mg"][1], "W")  # Sr2MgWO6
+    assert double.composition.reduced_formula == "Sr2MgWO6"  # cations 40 %, as in SrTiO3
+    for on in (False, True):
+        out = build(two, conv="none", stoichiometry=on).double().eval()(make_batch(abo3, double))
+        assert torch.allclose(out[0], out[1]) != on
+    for readout in ("crystal", "atom"):
+        forward_backward(build(table, readout=readout, stoichiometry=True), make_batch(abo3, double))

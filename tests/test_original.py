@@ -283,6 +283,7 @@ def test_fine_tuning_an_original_checkpoint_with_completed_shells(tmp_path, caps
         ({"conv": "shared"}, "gated"), ({"conv": "none"}, "gated"), ({"pool": "max"}, "mean"),
         ({"activation": "relu"}, "softplus"), ({"batchnorm": False}, "batch norm"),
         ({"atom_encoding": "learned"}, "learned"), ({"n_outputs": 2}, "2 targets"),
+        ({"stoichiometry": True}, "stoichiometry"),
     ],
 )
 def test_export_refuses_what_the_original_cannot_express(change, reason):

@@ -103,6 +103,7 @@ def check_exportable(spec: ModelSpec) -> None:
         (not m.convolution.exportable or m.n_conv == 0,
          f"conv {m.conv!r}: the original has only the gated convolution"),
         (m.pool != "mean", f"pool {m.pool!r}: the original pools by mean"),
+        (m.stoichiometry, "stoichiometry features: the original's output network reads the pooled atoms only"),
         (m.activation != "softplus", f"activation {m.activation!r}: the original uses softplus"),
         (not m.batchnorm, "batchnorm off: the original always has batch norm in its convolutions"),
         (m.atom_encoding != "fixed", "learned element embedding: the original needs an atom_init.json table"),

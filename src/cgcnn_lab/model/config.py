@@ -69,6 +69,9 @@ class ModelConfig:
     readout: str = option("crystal", group="model", choices=["crystal", "atom"],
                           help="crystal: pool, then the output network (original); atom: output network per atom, "
                                "then pool (per-site contributions, see 'explain')")
+    stoichiometry: bool = option(False, weights=True, group="model", style="on-off",
+                                 help="give the output network the crystal's number of elements and the L^p norms "
+                                      "of its element fractions (Magpie), which mean pooling cannot see (on/off)")
     task: str = option("regression", group="target", choices=["regression", "classification"], factor=False,
                        help="regression, or classification (class labels 0, 1, ... or --threshold)")
     n_outputs: int = 1  # targets (regression) or classes (classification); set from the data by training

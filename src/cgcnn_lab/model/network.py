@@ -13,6 +13,7 @@ from torch import nn
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.model.convs import activation, per_edge
 from cgcnn_lab.model.expansion import GaussianExpansion
+from cgcnn_lab.model.stoichiometry import N_FEATURES, stoichiometry
 
 
 def _scatter_sum(x: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
@@ -74,7 +75,7 @@ class CGCNN(nn.Module):
         if self.updates_edges:
             self.edge_embedding = nn.Sequential(nn.Linear(edge_dim, c.atom_fea_len), activation(c.activation))
         self.act = activation(c.activation)
-        self.conv_to_fc = nn.Linear(c.atom_fea_len, c.h_fea_len)
+        self.conv_to_fc = nn.Linear(c.atom_fea_len + (N_FEATURES if c.stoichiometry else 0), c.h_fea_len)
         self.fcs = nn.ModuleList(nn.Linear(c.h_fea_len, c.h_fea_len) for _ in range(c.n_h - 1))
         self.dropout = nn.Dropout(c.dropout)
         self.fc_out = nn.Linear(c.h_fea_len, c.n_outputs)
@@ -100,9 +101,11 @@ class CGCNN(nn.Module):
             x = conv(x, batch.edge_index, edge_attr, inverse, **weights)
         return x
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Features -> raw outputs (the original applies the activation before conv_to_fc too)."""
-        h = self.act(self.conv_to_fc(self.act(h)))
+    def head(self, h: torch.Tensor, stoich: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (and the stoichiometry, ``--stoichiometry on``) -> raw outputs (the original applies the
+        activation before conv_to_fc too)."""
+        h = self.act(h)
+        h = self.act(self.conv_to_fc(h if stoich is None else torch.cat([h, stoich.to(h.dtype)], dim=1)))
         h = self.dropout(h)
         for fc in self.fcs:
             h = self.act(fc(h))
@@ -113,7 +116,14 @@ class CGCNN(nn.Module):
         so each is the site's contribution (the CGCNN paper's interpretability analysis)."""
         if self.config.readout != "atom":
             raise ValueError("per-site contributions need a model trained with readout='atom' (--readout atom)")
-        return self.head(self.atom_features(batch))
+        stoich = self._stoichiometry(batch, batch.num_graphs)
+        return self.head(self.atom_features(batch), None if stoich is None else stoich[batch.batch])
+
+    def _stoichiometry(self, batch, n_crystals) -> torch.Tensor | None:
+        if not self.config.stoichiometry:
+            return None
+        n = int(batch.batch.max()) + 1 if n_crystals is None else n_crystals
+        return stoichiometry(batch.z, batch.batch, n, getattr(batch, "atom_weight", None))
 
     def forward(self, batch) -> torch.Tensor:
         n_crystals = batch.num_graphs if hasattr(batch, "num_graphs") else None  # no int(): export keeps it symbolic
@@ -123,10 +133,12 @@ class CGCNN(nn.Module):
         # the weights' precision (fp32), so predictions keep full resolution (bf16 steps are ~0.4% of the value)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.fc_out.weight.dtype)
+            stoich = self._stoichiometry(batch, n_crystals)
             if self.config.readout == "atom":  # the head per site, then pooling (see site_outputs)
-                out = pool(self.config.pool, self.head(x), batch.batch, n_crystals, atom_weight)
+                site_stoich = None if stoich is None else stoich[batch.batch]
+                out = pool(self.config.pool, self.head(x, site_stoich), batch.batch, n_crystals, atom_weight)
             else:
-                out = self.head(pool(self.config.pool, x, batch.batch, n_crystals, atom_weight))
+                out = self.head(pool(self.config.pool, x, batch.batch, n_crystals, atom_weight), stoich)
         return torch.log_softmax(out, dim=1) if self.config.task == "classification" else out
 
     @property
