@@ -587,3 +587,13 @@ def test_stoichiometry_reaches_the_output_network(table) -> None:
         assert torch.allclose(out[0], out[1]) != on
     for readout in ("crystal", "atom"):
         forward_backward(build(table, readout=readout, stoichiometry=True), make_batch(abo3, double))
+
+
+def test_the_bias_before_batch_norm_gets_its_exact_zero_gradient(table) -> None:
+    """Batch norm takes the mean out, so the gated layer's fc_full bias cannot change the output in training; its
+    gradient is exactly zero (rounding noise would become ±lr steps under Adam)."""
+    model = build(table)
+    forward_backward(model, training_batch())
+    for conv in model.convs:
+        assert conv.fc_full.bias.grad is not None and not conv.fc_full.bias.grad.any()
+        assert conv.fc_full.weight.grad.abs().sum() > 0

@@ -163,7 +163,10 @@ class _GatedMessages(torch.autograd.Function):
         dx = torch.addmm(d_center @ w_center, d_neighbor, w_neighbor) if need[0] else None
         d_bonds = d_bond @ w_bond if need[1] else None
         d_weight = torch.cat([d_center.T @ x, d_neighbor.T @ x, d_bond.T @ bonds], dim=1) if need[2] else None
-        d_bias = d_center.sum(0) if need[3] else None
+        # batch norm takes the mean out, so the bias before it has an exactly zero gradient; summed, dz gives
+        # rounding noise, which Adam would normalise into steps of ±lr (its running mean then trails the bias and
+        # evaluation shifts, differently on every host and member stack): the exact zero instead
+        d_bias = dz.new_zeros(2 * a) if need[3] else None
         return dx, d_bonds, d_weight, d_bias, None, None, None, None, None, dgamma, dbeta, None
 
 
@@ -241,7 +244,10 @@ class GatedConv(nn.Module):
             w_center, w_neighbor, w_bond = _fc_columns(self.fc_full.weight, self.atom_dim)
             from_center = x @ w_center.T  # [N, 2A]
             from_neighbor = x @ w_neighbor.T  # [N, 2A]
-            from_bond = per_edge(torch.addmm(self.fc_full.bias, edge_attr, w_bond.T), edge_inverse)  # [E, 2A]
+            bias = self.fc_full.bias
+            if self.training and isinstance(self.bn1, nn.BatchNorm1d):
+                bias = bias * 0 + bias.detach()  # its exact zero gradient, as in _GatedMessages.backward
+            from_bond = per_edge(torch.addmm(bias, edge_attr, w_bond.T), edge_inverse)  # [E, 2A]
             # index_select (backward: index_add) is several times faster on CPU than x[idx] (backward: index_put)
             gated = from_bond + from_center.index_select(0, center) + from_neighbor.index_select(0, neighbor)
             gated = weighted_batch_norm(gated, self.bn1, count)
