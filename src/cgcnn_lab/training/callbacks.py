@@ -32,6 +32,8 @@ class EpochMetricsCSV:
                 for k in ("train_loss", "val_loss", "train_mae", "val_mae", "train_accuracy", "val_accuracy"):
                     if k in m:
                         row[k] = m[k]
+                # --members: the ensemble's and each member's validation values (training/members.py)
+                row |= {k: v for k, v in m.items() if k.startswith(("val_ensemble_", "val_member_"))}
                 row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
                 row["seconds"] = round(time.perf_counter() - self.start, 3)
                 frame = pd.DataFrame([row])

@@ -18,8 +18,16 @@ import numpy as np
 import pandas as pd
 
 from cgcnn_lab.data.dataset import build_dataset
-from cgcnn_lab.inference import Predictions, load_trained, predict_outputs
-from cgcnn_lab.training.report import class_counts, subset_metrics, subset_predictions, summary, write_plots
+from cgcnn_lab.inference import Predictions
+from cgcnn_lab.training.report import (
+    class_counts,
+    predict_run,
+    run_models,
+    subset_metrics,
+    subset_predictions,
+    summary,
+    write_plots,
+)
 from cgcnn_lab.training.splits import Split, make_split
 
 
@@ -39,14 +47,14 @@ def cross_validate(data, model_cfg, opts, raw, log):
         log(f"fold {k} of {opts.folds}")
         resume = (fold / "checkpoints" / "last.ckpt").exists()
         train(data, model_cfg, replace(opts, test_fold=k, out=str(fold), resume=resume), raw=raw, log=log)
-    trained = [load_trained(run / "checkpoints" / "best.ckpt") for run in runs]
-    spec = trained[0].spec
+    trained = [run_models(run) for run in runs]  # (models, spread scale) of each fold
+    spec = trained[0][0][0].spec
     dataset = build_dataset(raw, spec.graph, spec.encoding, data.cache_dir, data.use_cache, data.strict, data.jobs)
     strata = classes_of(dataset, data, spec.task)
     tests = [make_split(dataset, raw, replace(opts, test_fold=k), strata).test for k in range(opts.folds)]
     idx = np.concatenate(tests)
-    values = np.concatenate([predict_outputs(t.model, dataset, t.transform, subset=test)
-                             for t, test in zip(trained, tests)])
+    values = np.concatenate([predict_run(models, scale, dataset, test)[0].values
+                             for (models, scale), test in zip(trained, tests)])
     pooled = Predictions(dataset.ids[idx], values, spec, dataset.n_atoms[idx], targets=dataset.targets[idx])
     parts = subset_predictions(pooled, dataset, idx, opts.report_subset)
     metrics = _pooled_metrics(runs, pooled, parts, time.perf_counter() - start)

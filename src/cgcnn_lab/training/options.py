@@ -107,6 +107,10 @@ class TrainOptions:
     ema: float = option(0.0, group="training", metavar="DECAY",
                         help="validate and predict with an exponential moving average of the weights (e.g. 0.999; "
                              "0: off)")
+    members: int = option(1, group="training", metavar="K",
+                          help="train K ensemble members in one process, as one network with batched weights (gated "
+                               "or no convolution): member k starts as a run with --seed SEED+k would, all see the "
+                               "batches of --seed SEED; OUT holds the ensemble (OUT/member0 ...) (default 1)")
     seed: int = option(0, group="training", factor=False, help="split, initialisation and shuffling")
     split_seed: int | None = option(None, group="training", factor=False,
                                     help="seed of the train/validation/test split (default: --seed); fix it to train "
@@ -145,6 +149,8 @@ class TrainOptions:
         if unknown := [n for n in names if n not in LOGGERS]:
             raise ValueError(f"--logger {unknown[0]}: choose from {', '.join(LOGGERS)}")
         self.logger = list(dict.fromkeys(names))
+        if self.members < 1:
+            raise ValueError(f"--members {self.members}: need at least 1")
 
     @property
     def split_seed_value(self) -> int:

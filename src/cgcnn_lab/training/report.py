@@ -1,5 +1,6 @@
-"""The end of a run: test the best checkpoint and write test_results.csv, metrics.json, plots and the summary.
-The table and the scores are ``predict``'s own (``Predictions``), so a run and a later ``predict`` agree."""
+"""The end of a run: test the best checkpoint (or the members of ``--members``) and write test_results.csv,
+metrics.json, plots and the summary. The table and the scores are ``predict``'s own (``Predictions``), so a run and
+a later ``predict`` agree."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cgcnn_lab.data.dataset import CrystalDataset
 from cgcnn_lab.data.formula import subset_mask
-from cgcnn_lab.inference import Predictions, load_trained, predict_outputs
+from cgcnn_lab.inference import (
+    ENSEMBLE_FILE,
+    Predictions,
+    TrainedModel,
+    expand_ensembles,
+    load_trained,
+    predict_outputs,
+)
 from cgcnn_lab.spec import in_unit
 from cgcnn_lab.training import plots
 from cgcnn_lab.training.splits import Split
@@ -19,25 +28,45 @@ from cgcnn_lab.training.splits import Split
 
 def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, info: dict,
              subsets: Sequence[str] = ()) -> tuple[dict, Predictions, dict[str, Predictions]]:
-    """Predict the test split (the validation split when there is none) with checkpoints/best.ckpt, in the
-    target's own unit; write test_results.csv and metrics.json. ``info``: run facts kept in metrics.json;
+    """Predict the test split (the validation split when there is none) with the run's model (``run_models``), in
+    the target's own unit; write test_results.csv and metrics.json. ``info``: run facts kept in metrics.json;
     ``subsets``: formula patterns (ABO3) whose members are also scored on their own."""
-    best = load_trained(out / "checkpoints" / "best.ckpt")
     eval_idx, eval_name = (split.test, "test") if len(split.test) else (split.val, "val")
-    targets = None if dataset.targets is None else dataset.targets[eval_idx]
-    pred = Predictions(dataset.ids[eval_idx], predict_outputs(best.model, dataset, best.transform, subset=eval_idx),
-                       best.spec, dataset.n_atoms[eval_idx], targets=targets)
+    models, scale = run_models(out)
+    pred, members = predict_run(models, scale, dataset, eval_idx)
     best_epoch, best_value = _best(out / "metrics.csv", monitor)
-    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": best.spec.unit or None, **info,
+    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": pred.spec.unit or None, **info,
                "best_epoch": best_epoch, f"best_{monitor}": best_value}
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
-    if best.spec.per_atom:
-        metrics["unit_per_atom"] = best.spec.learned_unit or None
+    if len(members) > 1:  # the ensemble's members alone, for comparison
+        metrics["member_test_scores"] = [m.scores() for m in members]
+    if pred.spec.per_atom:
+        metrics["unit_per_atom"] = pred.spec.learned_unit or None
     parts = subset_predictions(pred, dataset, eval_idx, subsets)
     metrics |= subset_metrics(parts) | class_counts(pred)
     pred.to_csv(out / "test_results.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, pred, parts
+
+
+def run_models(out: Path) -> tuple[list[TrainedModel], np.ndarray | float]:
+    """A run folder's model: the members of a ``--members`` run with their spread's calibrated scale, or the best
+    checkpoint."""
+    if (out / ENSEMBLE_FILE).is_file():
+        paths, scale = expand_ensembles([out])
+        return [load_trained(p) for p in paths], scale
+    return [load_trained(out / "checkpoints" / "best.ckpt")], 1.0
+
+
+def predict_run(models: list[TrainedModel], scale, dataset: CrystalDataset, idx) -> tuple[Predictions, list]:
+    """The models' mean (and calibrated spread) on the crystals ``idx`` of ``dataset``, and each model's own."""
+    first = models[0]
+    ids, n_atoms = dataset.ids[idx], dataset.n_atoms[idx]
+    targets = None if dataset.targets is None else dataset.targets[idx]
+    values = np.stack([predict_outputs(t.model, dataset, t.transform, subset=idx) for t in models])
+    spread = values.std(0) * scale if len(models) > 1 else None
+    members = [Predictions(ids, v, first.spec, n_atoms, targets=targets) for v in values]
+    return Predictions(ids, values.mean(0), first.spec, n_atoms, spread, targets), members
 
 
 def subset_predictions(pred: Predictions, dataset: CrystalDataset, idx, patterns: Sequence[str]) -> dict:

@@ -83,7 +83,7 @@ def train(
     log(f"split: {split.sizes()} (split seed {opts.split_seed_value}, seed {opts.seed})")
     spec, labels = fit_targets(dataset, split, data, model_cfg, graph, encoding, pretrained, classes, log)
     if resumed is not None:
-        check_resumable(out, resumed, spec)
+        check_resumable(out, resumed, spec, opts.members)
     out.mkdir(parents=True, exist_ok=True)
     config = {"data": asdict(data), "model": spec.model.to_dict(), "train": asdict(opts), "split": split.sizes()}
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -99,6 +99,8 @@ def train(
         return RunResult(out, {}, dataset, split, seconds)
     info = {"seconds": round(seconds, 2), "epochs_run": int(trainer.current_epoch),
             "n_parameters": module.model.n_parameters()}
+    if opts.members > 1:
+        info |= write_member_models(out, module, spec, dataset, split, config, log)
     metrics, pred, parts = evaluate(out, dataset, split, monitor, info, opts.report_subset)
     write_plots(out, monitor, pred, metrics["split"])
     log_final(loggers, config, metrics, trainer.global_step)
@@ -107,14 +109,15 @@ def train(
 
 
 def check_run_folder(out: Path, resume: bool) -> dict | None:
-    """A new run needs an unused folder; ``--resume`` one with a last checkpoint, whose spec is returned (read
-    safely, so a damaged or untrusted file is refused before Lightning unpickles it)."""
+    """A new run needs an unused folder; ``--resume`` one with a last checkpoint, whose hyper-parameters (the spec,
+    the member count) are returned (read safely, so a damaged or untrusted file is refused before Lightning
+    unpickles it)."""
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise DataError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if not resume and last.exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
-    return (safe_load(last).get("hyper_parameters") or {}).get("spec") or {} if resume else None
+    return safe_load(last).get("hyper_parameters") or {} if resume else None
 
 
 def read_data(data: DataOptions, opts: TrainOptions) -> RawDataset:
@@ -208,14 +211,16 @@ def note_extensive(targets: np.ndarray, n_atoms: np.ndarray, names, log) -> None
                 "cell? --per-atom learns it per atom and scales back, which is usually far more accurate")
 
 
-def check_resumable(out: Path, saved: dict, spec: ModelSpec) -> None:
+def check_resumable(out: Path, hparams: dict, spec: ModelSpec, members: int) -> None:
     """``--resume`` continues the same network on the same graphs: options that would change either (a forgotten
-    ``--max-nbr 8``, another ``--n-conv``) stop it with the differences named, before config.json is rewritten.
-    ``saved`` is the spec dict in the run's last checkpoint."""
-    now = spec.to_dict()
+    ``--max-nbr 8``, another ``--n-conv`` or ``--members``) stop it with the differences named, before config.json
+    is rewritten. ``hparams``: the hyper-parameters in the run's last checkpoint."""
+    saved, now = hparams.get("spec") or {}, spec.to_dict()
     differences = [f"{part} {key}: {saved[part][key]!r} in the run, {now[part][key]!r} now"
                    for part in ("graph", "model") for key in now[part]
                    if key in saved.get(part, {}) and saved[part][key] != now[part][key]]
+    if hparams.get("members", 1) != members:
+        differences.append(f"members: {hparams.get('members', 1)} in the run, {members} now")
     if differences:
         raise DataError(f"{out}: --resume needs the options the run was started with; " + "; ".join(differences))
 
@@ -229,7 +234,10 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
     optim = {k: getattr(opts, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "epochs", "loss")}
-    module = CGCNNModule(spec.to_dict(), optim)
+    if opts.members > 1:
+        module = members_module(spec, optim, opts, pretrained)
+    else:
+        module = CGCNNModule(spec.to_dict(), optim)
     if pretrained is not None:
         copied = transfer_weights(pretrained.model, module.model, opts.freeze_convs)
         log(f"copied {copied} pretrained tensors" + (" (embedding and convolutions frozen)" if opts.freeze_convs else ""))
@@ -238,8 +246,10 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
     if spec.transform is not None:
         learned = ", ".join(spec.target_names) + (" per atom" if spec.per_atom else "")
         learned += f" ({spec.learned_unit})" if spec.unit else " (no --unit given: errors are shown without one)"
-    log(f"model: {m.conv} conv x{m.n_conv if m.conv != 'none' else 0}, {module.model.n_parameters():,} parameters; "
-        f"learning {learned}")
+    size = f"{module.model.n_parameters():,} parameters"
+    if opts.members > 1:
+        size = f"{opts.members} members of {module.model.n_parameters() // opts.members:,} parameters"
+    log(f"model: {m.conv} conv x{m.n_conv if m.conv != 'none' else 0}, {size}; learning {learned}")
     packed = PackedGraphs(dataset.graphs, trained_on, collapse=module.model.merges_graphs, stream=stream)
     if packed.stream:
         log(f"streaming batches from the memory-mapped graph cache ({dataset.graphs.nbytes() / 1e9:.2f} GB in memory "
@@ -249,6 +259,23 @@ def build_module(spec: ModelSpec, opts: TrainOptions, dataset: CrystalDataset, t
         log(f"identical atoms and repeated edges merged: {packed.kept[0]:.2f} of the atoms and {packed.kept[1]:.2f} of "
             "the edges left (the same function, less work)")
     return module, packed
+
+
+def members_module(spec: ModelSpec, optim: dict, opts: TrainOptions, pretrained):
+    """The Lightning module of a ``--members`` run, after the checks of what it cannot do (yet)."""
+    from cgcnn_lab.model.members import check_stackable
+    from cgcnn_lab.training.members import MembersModule
+
+    for bad, what in ((pretrained is not None, "--init-from"), (opts.ema, "--ema"),
+                      (opts.devices not in ("1", 1) or opts.num_nodes != 1, "several devices or nodes")):
+        if bad:
+            raise DataError(f"--members {opts.members} does not combine with {what}: train the members as separate "
+                            "runs (--seed) and join them with `cgcnn-lab ensemble`")
+    try:
+        check_stackable(spec.model)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return MembersModule(spec.to_dict(), optim, opts.members, opts.seed, opts.patience)
 
 
 def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor: str, threads: int = 0,
@@ -261,13 +288,16 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
 
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
+    members = opts.members > 1  # each member keeps its own best epoch and patience (training/members.py)
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", enable_version_counter=False),
         # every epoch (Lightning's save_last only follows the best checkpoint): a killed run loses at most one epoch
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False),
         EpochMetricsCSV(out / "metrics.csv"),
     ]
-    if opts.patience > 0:
+    if not members:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min",
+                                         enable_version_counter=False))
+    if opts.patience > 0 and not members:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=opts.patience))
     if opts.ema:
         callbacks.append(ema_callback(opts.ema))
@@ -305,6 +335,21 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
     finally:
         torch.utils.deterministic.fill_uninitialized_memory = fill
     return trainer
+
+
+def write_member_models(out: Path, module, spec: ModelSpec, dataset: CrystalDataset, split: Split, config: dict,
+                        log) -> dict:
+    """A ``--members`` run's members (OUT/member{k}, each at its best epoch) and OUT/ensemble.json; the facts
+    metrics.json keeps about them."""
+    from cgcnn_lab.training.members import write_ensemble, write_members
+
+    command = "cgcnn-lab train " + json.dumps({k: v for k, v in config["train"].items() if v not in (None, [], False)})
+    trained = write_members(out, module, spec, split.rows(dataset.ids), command)
+    record = write_ensemble(out, trained, dataset, split.val)
+    epochs = [int(e) for e in module.best["epoch"]]
+    log(f"{len(trained)} members in {out}/member0 ...: best epochs {epochs}"
+        + (f"; spread calibrated on validation (x{record['scale'][0]:.3g})" if "val_mae" in record else ""))
+    return {"members": len(trained), "member_best_epochs": epochs}
 
 
 def _devices(devices: str):

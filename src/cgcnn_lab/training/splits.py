@@ -22,6 +22,10 @@ class Split:
     def sizes(self) -> str:
         return f"train {len(self.train)} / val {len(self.val)} / test {len(self.test)}"
 
+    def rows(self, ids: np.ndarray) -> list[tuple[str, str]]:
+        """(id, split) of every crystal, train first."""
+        return [(str(ids[i]), name) for name in ("train", "val", "test") for i in getattr(self, name)]
+
     def write(self, path: Path, ids: np.ndarray) -> None:
         """``split.csv`` of a run folder (id,split): ``predict`` reads it to warn when it is asked to score
         crystals the model was trained on (``inference.split_of_run``)."""
@@ -30,8 +34,7 @@ class Split:
         with open(path, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["id", "split"])
-            for name in ("train", "val", "test"):
-                writer.writerows((str(ids[i]), name) for i in getattr(self, name))
+            writer.writerows(self.rows(ids))
 
 
 def _counts(n: int, val_ratio: float, test_ratio: float, train_ratio: float | None) -> tuple[int, int, int]:

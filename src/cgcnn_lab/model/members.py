@@ -1,0 +1,266 @@
+"""K CGCNN members as one network (``--members K``): every weight gets a leading member dimension.
+
+An ensemble of K networks trained one after the other pays K times for everything: loading batches, gathering
+edges, expanding distances, and on a GPU K times the few hundred kernel launches of a step. Stacked, the members
+share the batch, the bond features and every gather; each weight matrix becomes a batched matmul over the members,
+and one ``embedding_bag`` sums all members' edge rows. Batch-norm statistics, losses and gradients stay per member,
+so member k computes exactly the function of its own ``CGCNN`` (checked in tests/test_members.py).
+
+Weights are kept under the names and shapes of ``CGCNN``'s state dict with K in front, so member k's weights are
+``{name: tensor[k]}``: a member is written out as an ordinary model (``member_state``), and predicting, explaining or
+exporting it needs nothing from here. Built for the gated layer (the paper's and the ``matbench`` preset's); the
+others train as separate runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cgcnn_lab.model.config import ModelConfig
+from cgcnn_lab.model.convs import activation
+from cgcnn_lab.model.network import CGCNN
+from cgcnn_lab.model.stoichiometry import stoichiometry
+
+SHARED = ("element_table",)  # buffers every member has alike: kept once
+
+
+def check_stackable(config: ModelConfig) -> None:
+    """Raise ValueError naming what ``--members`` cannot stack."""
+    if config.conv not in ("gated", "none"):
+        raise ValueError(f"--members trains the gated convolution (or none) as one network; conv {config.conv!r}: "
+                         "train the members as separate runs (--seed) and join them with `cgcnn-lab ensemble`")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # module attribute names cannot hold dots
+
+
+class _StackedGatedMessages(torch.autograd.Function):
+    """convs.py's ``_GatedMessages`` (the fused edge step of training) with a member dimension: x [K, N, A], weight
+    blocks [K, in, 2A], one batched matmul per block, one ``embedding_bag`` over the K·E edge rows, batch-norm
+    statistics per member (a batched GEMV with the shared edge weights), backward written out, in place where it can;
+    the bias before batch norm gets its exact zero gradient, as there."""
+
+    @staticmethod
+    def forward(ctx, x, bonds, wc, wn, wu, bias, rows, center, neighbor, inverse, m, w, gamma, beta, eps: float):
+        k, n, a = x.shape
+        e, n_rows = center.shape[0], 2 * n + bonds.shape[0]
+        table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
+        z = F.embedding_bag(rows, table.view(k * n_rows, 2 * a), mode="sum").view(k, e, 2 * a)
+        mean = torch.matmul(w, z)  # [K, 1, 2A]
+        centred = z.sub_(mean)
+        var = torch.matmul(w, centred * centred)
+        inv = torch.rsqrt(var + eps)
+        x_hat = centred.mul_(inv)
+        y = torch.addcmul(beta, x_hat, gamma)
+        gate, core = torch.sigmoid(y[..., :a]), F.softplus(y[..., a:])
+        mm = m.view(1, e, 1).to(x.dtype)
+        messages = (gate * core).mul_(mm)
+        out = messages.new_zeros((k, n, a)).index_add_(1, center, messages)
+        ctx.save_for_backward(x, bonds, wc, wn, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _dvar):
+        x, bonds, wc, wn, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma = ctx.saved_tensors
+        k, n, a = x.shape
+        dm = dout.index_select(1, center).mul_(mm)
+        dy = torch.empty_like(x_hat)
+        torch.mul(dm * gate, torch.expm1(core.neg()).neg_(), out=dy[..., a:])  # softplus'(c) = σ(c)
+        torch.mul((dm * core).mul_(gate), 1.0 - gate, out=dy[..., :a])  # σ'(f) = σ(f)(1 − σ(f))
+        dbeta = dy.sum(1, keepdim=True)
+        dgamma = (dy * x_hat).sum(1, keepdim=True)
+        g = gamma * inv  # [K, 1, 2A]
+        correction = torch.addcmul(g * dbeta, x_hat, g * dgamma).mul_(w.T)
+        dz = dy.mul_(g).sub_(correction)
+        d_table = dz.new_zeros((k, 2 * n + bonds.shape[0], 2 * a))
+        d_center, d_neighbor, d_bond = d_table[:, :n], d_table[:, n : 2 * n], d_table[:, 2 * n :]
+        d_center.index_add_(1, center, dz)
+        d_neighbor.index_add_(1, neighbor, dz)
+        d_bond.index_add_(1, inverse, dz)
+        dx = torch.baddbmm(torch.bmm(d_center, wc.transpose(1, 2)), d_neighbor, wn.transpose(1, 2))
+        xt = x.transpose(1, 2)
+        return (dx, None, torch.bmm(xt, d_center), torch.bmm(xt, d_neighbor), torch.matmul(bonds.T, d_bond),
+                dz.new_zeros((k, 1, 2 * a)), None, None, None, None, None, None, dgamma, dbeta, None)
+
+
+class MemberStack(nn.Module):
+    """K ``CGCNN`` members of one architecture as one module; ``forward`` gives [K, crystals, outputs]."""
+
+    def __init__(self, members: list[CGCNN]) -> None:
+        super().__init__()
+        first = members[0]
+        self.config = c = first.config
+        check_stackable(c)
+        self.k = len(members)
+        self.n_conv = len(first.convs)
+        states = [m.state_dict() for m in members]
+        self.stacked = nn.ParameterDict({_key(name): nn.Parameter(torch.stack([s[name] for s in states]).clone())
+                                         for name, _ in first.named_parameters()})
+        self._buffers_stacked = []
+        for name, buf in first.named_buffers():
+            if name in SHARED:
+                self.register_buffer(_key(name), buf.clone())
+            elif not name.startswith("expansion."):
+                self.register_buffer(_key(name), torch.stack([s[name] for s in states]).clone())
+                self._buffers_stacked.append(name)
+        self.expansion = first.expansion
+        self.act = activation(c.activation)
+        self.dropout = nn.Dropout(c.dropout)
+        bn = first.convs[0].bn1 if self.n_conv and c.batchnorm else nn.BatchNorm1d(1)
+        self.eps, self.momentum = bn.eps, bn.momentum
+
+    # ------------------------------------------------------------------------------------------ members in and out
+    def stacked_tensors(self) -> dict[str, torch.Tensor]:
+        """Every per-member tensor (parameters and running statistics) under its ``CGCNN`` name, K in front."""
+        out = {name: self.stacked[_key(name)] for name in self._names()}
+        out |= {name: getattr(self, _key(name)) for name in self._buffers_stacked}
+        return out
+
+    def member_state(self, k: int, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Member k's state dict for a ``CGCNN`` (from ``tensors``, a snapshot of ``stacked_tensors``, if given)."""
+        state = {name: t[k].detach().clone() for name, t in (tensors or self.stacked_tensors()).items()}
+        return state | {name: getattr(self, _key(name)).clone() for name in SHARED if hasattr(self, _key(name))}
+
+    def member(self, k: int, tensors: dict[str, torch.Tensor] | None = None) -> CGCNN:
+        table = getattr(self, _key("element_table"), None)
+        model = CGCNN(self.config, table)
+        model.load_state_dict(self.member_state(k, tensors))
+        return model
+
+    def _names(self) -> list[str]:
+        return [key.replace("__", ".") for key in self.stacked]
+
+    def _p(self, name: str) -> torch.Tensor:
+        return self.stacked[_key(name)]
+
+    def _linear(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        """h [K, R, in] through member k's ``name`` Linear -> [K, R, out]."""
+        return torch.baddbmm(self._p(f"{name}.bias").unsqueeze(1), h, self._p(f"{name}.weight").transpose(1, 2))
+
+    @property
+    def merges_graphs(self) -> bool:
+        """As ``CGCNN.merges_graphs``: merged rows are weighted in sums, batch norms and pooling."""
+        return not (self.config.readout == "atom" and self.config.dropout > 0)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------------------------------ the network
+    def forward(self, batch) -> torch.Tensor:
+        c = self.config
+        n_atoms, n_crystals = batch.z.shape[0], batch.num_graphs
+        dtype = self.stacked[_key("fc_out.weight")].dtype
+        atom_weight = _weights(getattr(batch, "atom_weight", None), n_atoms, dtype, batch.z.device)
+        x = self._embed(batch.z)
+        if self.n_conv:
+            x = self._convolve(x, batch, atom_weight)
+        stoich = stoichiometry(batch.z, batch.batch, n_crystals, atom_weight) if c.stoichiometry else None
+        if c.readout == "atom":
+            out = self._pool(self._head(x, None if stoich is None else stoich[batch.batch]), batch, atom_weight)
+        else:
+            out = self._head(self._pool(x, batch, atom_weight), stoich)
+        return torch.log_softmax(out, dim=2) if c.task == "classification" else out
+
+    def _embed(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.atom_encoding == "learned":
+            return self._p("embedding.weight")[:, z]
+        features = getattr(self, _key("element_table"))[z]
+        return self._linear("embedding", features.expand(self.k, -1, -1))
+
+    def _convolve(self, x: torch.Tensor, batch, atom_weight: torch.Tensor) -> torch.Tensor:
+        neighbor, center = batch.edge_index
+        n, e = x.shape[1], center.shape[0]
+        edge_weight = _weights(getattr(batch, "edge_weight", None), e, x.dtype, x.device)
+        count = atom_weight.index_select(0, center) * edge_weight  # unmerged edges each row stands for
+        distances, inverse = torch.unique(batch.distance, return_inverse=True)  # bond features per distance
+        bonds = self.expansion(distances)
+        n_rows = 2 * n + bonds.shape[0]
+        rows = torch.stack([center, neighbor + n, inverse + 2 * n], dim=1)  # [E, 3] rows of one member's table
+        rows = (rows.unsqueeze(0) + n_rows * torch.arange(self.k, device=x.device).view(-1, 1, 1)).view(-1, 3)
+        graph = (bonds, rows, center, neighbor, inverse, edge_weight, count)
+        for layer in range(self.n_conv):
+            x = self._gated(layer, x, graph, atom_weight)
+        return x
+
+    def _gated(self, layer: int, x: torch.Tensor, graph, atom_weight: torch.Tensor) -> torch.Tensor:
+        """``GatedConv`` for every member at once."""
+        bonds, rows, center, neighbor, inverse, edge_weight, count = graph
+        k, n, a = x.shape
+        prefix = f"convs.{layer}"
+        weight, bias = self._p(f"{prefix}.fc_full.weight"), self._p(f"{prefix}.fc_full.bias").unsqueeze(1)
+        wc, wn, wu = (weight[:, :, s].transpose(1, 2) for s in (slice(0, a), slice(a, 2 * a), slice(2 * a, None)))
+        if self._fused(x):
+            gamma, beta = self._p(f"{prefix}.bn1.weight").unsqueeze(1), self._p(f"{prefix}.bn1.bias").unsqueeze(1)
+            w = (count / count.sum()).unsqueeze(0).to(x.dtype)
+            summed, mean, var = _StackedGatedMessages.apply(x, bonds, wc, wn, wu, bias, rows, center, neighbor,
+                                                            inverse, edge_weight, w, gamma, beta, self.eps)
+            self._track(f"{prefix}.bn1", mean, var, count.sum())
+        else:
+            if self.training and self.config.batchnorm:
+                bias = bias * 0 + bias.detach()  # its exact zero gradient, as in the fused step
+            table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
+            z = F.embedding_bag(rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
+            gate, core = self._batch_norm(z, f"{prefix}.bn1", count).split(a, dim=2)
+            messages = torch.sigmoid(gate) * self.act(core) * edge_weight.view(1, -1, 1).to(x.dtype)
+            summed = x.new_zeros((k, n, a)).index_add_(1, center, messages)
+        return self.act(x + self._batch_norm(summed, f"{prefix}.bn2", atom_weight))
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """The hand-written edge step (as ``GatedConv._fused``): training, batch norm, softplus, no autocast."""
+        return (self.training and self.config.batchnorm and self.config.activation == "softplus"
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def _batch_norm(self, x: torch.Tensor, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """Batch norm of x [K, R, C] with statistics per member over rows weighted by ``weight`` [R]."""
+        if not self.config.batchnorm:
+            return x
+        gamma, beta = self._p(f"{name}.weight").unsqueeze(1), self._p(f"{name}.bias").unsqueeze(1)
+        if not self.training:
+            mean, var = getattr(self, _key(f"{name}.running_mean")), getattr(self, _key(f"{name}.running_var"))
+            return torch.addcmul(beta, x - mean.unsqueeze(1), torch.rsqrt(var + self.eps).unsqueeze(1) * gamma)
+        total = weight.sum()
+        w = (weight / total).unsqueeze(0).to(x.dtype)  # [1, R]
+        mean = torch.matmul(w, x)  # [K, 1, C]: one batched GEMV
+        centred = x - mean
+        var = torch.matmul(w, centred * centred)
+        self._track(name, mean, var, total)
+        return torch.addcmul(beta, centred, torch.rsqrt(var + self.eps) * gamma)
+
+    def _track(self, name: str, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+        """``nn.BatchNorm1d``'s running estimates, per member (unbiased variance over the unmerged rows)."""
+        with torch.no_grad():
+            getattr(self, _key(f"{name}.num_batches_tracked")).add_(1)
+            getattr(self, _key(f"{name}.running_mean")).lerp_(mean[:, 0], self.momentum)
+            unbiased = var[:, 0] * (total / (total - 1).clamp_min(1))
+            getattr(self, _key(f"{name}.running_var")).lerp_(unbiased, self.momentum)
+
+    def _pool(self, x: torch.Tensor, batch, atom_weight: torch.Tensor) -> torch.Tensor:
+        """``network.pool`` for every member: [K, N, F] -> [K, crystals, F]."""
+        kind, n_crystals = self.config.pool, batch.num_graphs
+        if kind == "max":
+            index = batch.batch.view(1, -1, 1).expand_as(x)
+            return x.new_zeros((self.k, n_crystals, x.shape[2])).scatter_reduce_(1, index, x, "amax", include_self=False)
+        atoms = torch.arange(x.shape[1], device=x.device)
+        matrix = x.new_zeros((n_crystals, x.shape[1])).index_put_((batch.batch, atoms), atom_weight.to(x.dtype))
+        if kind == "mean":
+            matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+        return torch.matmul(matrix, x)
+
+    def _head(self, h: torch.Tensor, stoich: torch.Tensor | None) -> torch.Tensor:
+        """``CGCNN.head`` for every member."""
+        h = self.act(h)
+        if stoich is not None:
+            h = torch.cat([h, stoich.to(h.dtype).expand(self.k, -1, -1)], dim=2)
+        h = self.dropout(self.act(self._linear("conv_to_fc", h)))
+        for i in range(self.config.n_h - 1):
+            h = self.act(self._linear(f"fcs.{i}", h))
+        return self._linear("fc_out", h)
+
+
+def _weights(weight: torch.Tensor | None, n: int, dtype, device) -> torch.Tensor:
+    """Row multiplicities of a merged batch (data/batching.py), or ones, in the weights' precision."""
+    return torch.ones(n, dtype=dtype, device=device) if weight is None else weight.to(dtype)

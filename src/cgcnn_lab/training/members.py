@@ -1,0 +1,137 @@
+"""Training K ensemble members in one process (``--members K``), and the run folder it leaves.
+
+The members differ in initialisation only: member k starts from the weights a plain run with ``--seed SEED+k``
+starts from, and all see the batches of ``--seed SEED`` (so member 0 is the plain run). Each has its own loss,
+gradients, batch-norm statistics and best epoch on validation; ``--patience`` stops a member's clock, and the run
+when every member has run out of it. The run folder is an ensemble (``ensembles.py``)::
+
+    OUT/member0 ... member{K-1}   each a packaged model (its best epoch): predict, explain or export it alone
+    OUT/ensemble.json              the members; for regression their spread calibrated on validation
+    OUT/checkpoints/last.ckpt      all members, their best weights so far and the optimiser, for --resume
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cgcnn_lab.ensembles import FILE as ENSEMBLE_FILE
+from cgcnn_lab.ensembles import LEVELS, conformal_factor
+from cgcnn_lab.inference import TrainedModel, predict_outputs
+from cgcnn_lab.model.members import MemberStack
+from cgcnn_lab.packaged import save_packaged, write_split
+from cgcnn_lab.spec import ModelSpec
+from cgcnn_lab.training.module import CGCNNModule
+
+
+def member_seeds(seed: int, k: int) -> list[int]:
+    return [seed + i for i in range(k)]
+
+
+class MembersModule(CGCNNModule):
+    """``CGCNNModule`` for a ``MemberStack``: the summed member losses train every member at once; validation
+    keeps each member's best weights (``best``), which travel in every checkpoint."""
+
+    def __init__(self, spec: dict, optim: dict, members: int, seed: int, patience: int = 0) -> None:
+        super().__init__(spec, optim)
+        self.save_hyperparameters(logger=False)
+        models = []
+        for s in member_seeds(seed, members):
+            torch.manual_seed(s)  # the initialisation of a plain run with --seed s
+            models.append(self.spec.build_model())
+        self.model = MemberStack(models)
+        self.patience = patience
+        self.best = {"value": torch.full((members,), float("inf")), "epoch": torch.zeros(members, dtype=torch.long),
+                     "stale": torch.zeros(members, dtype=torch.long),
+                     "state": {k: v.detach().clone() for k, v in self.model.stacked_tensors().items()}}
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        out = self.model(batch)  # [K, B, outputs]
+        k, n = out.shape[0], batch.num_graphs
+        if self.task == "classification":
+            labels = batch.y[:, 0].long()
+            losses = F.nll_loss(out.flatten(0, 1), labels.repeat(k), reduction="none").view(k, n).mean(1)
+            correct = (out.argmax(2) == labels).float().mean(1)
+            mean_p = out.detach().exp().mean(0)
+            self._accumulate(stage, n, loss=losses.mean(), accuracy=correct.mean(), member_loss=losses,
+                             member_accuracy=correct, ensemble_accuracy=(mean_p.argmax(1) == labels).float().mean())
+        else:
+            error = out - self.transform.encode(batch.y, batch)
+            losses = (error.abs() if self.optim["loss"] == "l1" else error.square()).mean(dim=(1, 2))
+            y_true = self.transform.intensive(batch.y, batch)
+            decoded = self.transform.decode_intensive(out.detach(), batch)  # [K, B, T]
+            mae = (decoded - y_true).abs().mean(dim=(1, 2))
+            self._accumulate(stage, n, loss=losses.mean(), mae=mae.mean(), member_loss=losses, member_mae=mae,
+                             ensemble_mae=(decoded.mean(0) - y_true).abs().mean())
+        return losses.sum()  # member k's gradient is that of its own loss
+
+    def _log_epoch(self, stage: str) -> None:
+        sums = self._sums.get(stage)
+        if sums and stage == "val":
+            monitored = sums["member_loss" if self.task == "classification" else "member_mae"] / sums["crystals"]
+            self._keep_best(monitored.cpu())
+        if sums:  # per-member values as one column each (metrics.csv, --logger)
+            for name in [n for n in sums if n.startswith("member_")]:
+                for k, v in enumerate(sums.pop(name)):
+                    sums[f"{name}{k}"] = v
+        super()._log_epoch(stage)
+
+    def _keep_best(self, values: torch.Tensor) -> None:
+        best = self.best
+        improved = values < best["value"]
+        best["value"] = torch.where(improved, values, best["value"])
+        best["epoch"][improved] = self.current_epoch + 1
+        best["stale"] = torch.where(improved, 0, best["stale"] + 1)
+        for name, tensor in self.model.stacked_tensors().items():
+            best["state"][name][improved.to(tensor.device)] = tensor.detach()[improved.to(tensor.device)]
+        if self.patience and bool((best["stale"] >= self.patience).all()):
+            self.trainer.should_stop = True  # every member has gone --patience epochs without improving
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["members_best"] = self.best  # plain tensors: loads with weights_only
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "members_best" in checkpoint:
+            self.best = checkpoint["members_best"]
+
+    def best_members(self) -> list:
+        """Each member as a ``CGCNN`` with the weights of its best validation epoch."""
+        state = {name: t.cpu() for name, t in self.best["state"].items()}
+        return [self.model.member(k, state) for k in range(self.model.k)]
+
+
+def write_members(out: Path, module: MembersModule, spec: ModelSpec, split_rows, command: str) -> list[TrainedModel]:
+    """OUT/member{k}: each member at its best epoch as a packaged model; returns them, loaded."""
+    trained = []
+    for k, model in enumerate(module.best_members()):
+        folder = out / f"member{k}"
+        card = {"name": f"{out.name}/member{k}", "member": k, "of": module.model.k,
+                "best_epoch": int(module.best["epoch"][k]), "initialised_as_seed": module.hparams.seed + k,
+                "command": command}
+        save_packaged(model.state_dict(), spec, folder, card)
+        write_split(folder, split_rows)
+        trained.append(TrainedModel(model.eval(), spec, folder))
+    return trained
+
+
+def write_ensemble(out: Path, trained: list[TrainedModel], dataset, val_idx: np.ndarray) -> dict:
+    """OUT/ensemble.json over the members; a regression ensemble's spread is calibrated split-conformally on the
+    validation crystals (``ensembles.py``), a classifier's spread (of probabilities) is left as it is."""
+    record = {"members": [t.path.name for t in trained], "counts": [1] * len(trained), "selection": "all"}
+    spec = trained[0].spec
+    if spec.task == "regression" and len(val_idx):
+        values = np.stack([predict_outputs(t.model, dataset, t.transform, subset=val_idx) for t in trained])
+        y = dataset.targets[val_idx]
+        scale, scale95 = (conformal_factor(values, y, level) for level in LEVELS)
+        record |= {"scale": scale.tolist(), "band95": (scale95 / scale).tolist(), "n_val": len(val_idx),
+                   "val_mae": float(np.abs(values.mean(0) - y).mean())}
+    else:
+        record |= {"scale": [1.0] * spec.n_outputs}
+    (out / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
