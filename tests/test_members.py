@@ -111,6 +111,12 @@ def test_member_0_is_the_plain_run_and_the_folder_is_an_ensemble(table, cache, t
     assert main(["predict", str(out), str(table), "--out", str(tmp_path / "p.csv"), "--cache-dir", cache]) == 0
     frame = pd.read_csv(tmp_path / "p.csv")
     assert "prediction_std" in frame and (frame["prediction_std"] > 0).all()
+    # the members of one or several runs join an ensemble like separate runs (and --select chooses among them)
+    argv = ["ensemble", str(table), "--target", DEMO_TARGET, "--members", str(out), str(plain.out), "--out",
+            str(tmp_path / "joined"), "--cache-dir", cache]
+    assert main(argv) == 0
+    joined = json.loads((tmp_path / "joined" / "ensemble.json").read_text())
+    assert joined["members"] == ["../members/member0", "../members/member1", "../members/member2", "../plain"]
     # a member is an ordinary model: exported alone
     assert main(["export", str(out / "member1"), "--format", "safetensors", "--out", str(tmp_path / "one")]) == 0
     assert load_trained(tmp_path / "one").spec.model.conv == "gated"

@@ -22,7 +22,7 @@ import numpy as np
 from cgcnn_lab.checkpoint import CheckpointError
 from cgcnn_lab.data.sources import RawDataset
 from cgcnn_lab.inference import Predictions, predict_data
-from cgcnn_lab.packaged import ids_by_split, read_split
+from cgcnn_lab.packaged import SPLIT, ids_by_split, read_split
 from cgcnn_lab.spec import in_unit
 
 FILE = "ensemble.json"
@@ -30,11 +30,19 @@ LEVELS = (0.6827, 0.9545)  # the ±1σ and ±2σ bands of a normal error
 
 
 def _splits(run: Path) -> dict[str, list[str]]:
-    rows = read_split(Path(run) / "split.csv")
+    run = Path(run)
+    rows = read_split(run / "split.csv") or read_split(run / SPLIT)  # a run folder, or a packaged model
     if not rows:
         raise CheckpointError(f"{run}: an ensemble member must be a run folder with split.csv (its validation and "
                               "test crystals)")
     return {name: sorted(ids) for name, ids in ids_by_split(rows, ("val", "test")).items()}
+
+
+def _members_of(run: Path) -> list[Path]:
+    """A run, or the members of an ensemble folder (``train --members K``, or an earlier ``ensemble``)."""
+    if not (run / FILE).is_file():
+        return [run]
+    return [run / m for m in json.loads((run / FILE).read_text())["members"]]
 
 
 def member_predictions(runs: list[Path], raw: RawDataset, ids: list[str], **read) -> tuple[np.ndarray, Predictions]:
@@ -80,7 +88,7 @@ def conformal_factor(values: np.ndarray, y: np.ndarray, level: float) -> np.ndar
 def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool = False, log=print, **read) -> dict:
     """Choose members (all, or greedily on validation), calibrate their spread on validation, score on test and
     write ``out``: ensemble.json, test_results.csv and calibration.png. Returns the ensemble's record."""
-    runs = [Path(r) for r in runs]
+    runs = [member for r in runs for member in _members_of(Path(r))]
     distinct = len({r.resolve() for r in runs})
     if distinct < 2:
         raise ValueError("an ensemble needs at least two different members (run folders)")

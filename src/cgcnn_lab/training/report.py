@@ -137,7 +137,10 @@ def summary(out: Path, metrics: dict, pred: Predictions, parts: dict[str, Predic
     if "folds" in metrics:  # the fold models together are an ensemble trained on all the data
         others = " ".join(str(out / f"fold{k}") for k in range(1, metrics["folds"]))
         lines.append(f"{metrics['folds']} folds, every crystal tested once; {metrics['seconds']:.1f} s of training")
-        lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --ensemble {others} --out predictions.csv")
+        if (out / "fold0" / ENSEMBLE_FILE).is_file():  # --members: each fold is an ensemble already
+            lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --out predictions.csv (or any fold)")
+        else:
+            lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --ensemble {others} --out predictions.csv")
     else:
         lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
         lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")
