@@ -218,3 +218,20 @@ def test_round_trip_atom_init(tmp_path: Path) -> None:
 def test_post_init_validates_shapes() -> None:
     with pytest.raises(ValueError, match="shape"):
         ElementEncoding("x", np.zeros((10, 3)), np.zeros(MAX_Z + 1, dtype=bool))
+
+
+def test_anion_encoding_keeps_one_bit_of_chemistry(tmp_path: Path, monkeypatch) -> None:
+    from cgcnn_lab.data.elements import choose_encoding
+
+    enc = choose_encoding("anion:O", None)
+    assert enc.name == "anion:O" and enc.n_features == 2
+    assert enc.table[8].tolist() == [1.0, 0.0]
+    assert enc.table[56].tolist() == enc.table[41].tolist() == [0.0, 1.0]  # Ba and Nb look alike
+    assert enc.available[1:].all() and not enc.available[0]
+    assert choose_encoding("cgcnn92", tmp_path / "atom_init.json").name == "cgcnn92"  # named: the folder's file loses
+    with pytest.raises(ValueError, match="'Xx' is not an element symbol"):
+        choose_encoding("anion:Xx", None)
+    # a file of that name is a file
+    (tmp_path / "anion:O").write_text(json.dumps({"8": [1.0], "56": [2.0]}))
+    monkeypatch.chdir(tmp_path)
+    assert choose_encoding("anion:O", None).n_features == 1

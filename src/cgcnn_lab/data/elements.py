@@ -191,6 +191,21 @@ class ElementEncoding:
         return cls("cgcnn92", table.copy(), available.copy())
 
     @classmethod
+    def anion(cls, symbol: str) -> ElementEncoding:
+        """Two features, [is ``symbol``, is another element]: the structure with the chemistry reduced to one bit
+        (``--atom-init anion:O``). A model that cannot tell Ba from Nb has to judge an oxide by its geometry,
+        which is what a structure classifier should learn (docs/experiments.md, perovskites vs other oxides)."""
+        if symbol not in _SYMBOLS:
+            raise ValueError(f"--atom-init anion:{symbol}: {symbol!r} is not an element symbol (e.g. anion:O)")
+        z = _SYMBOLS.index(symbol) + 1
+        table = np.zeros((MAX_Z + 1, 2), np.float32)
+        table[1:, 1] = 1.0
+        table[z] = [1.0, 0.0]
+        available = np.ones(MAX_Z + 1, bool)
+        available[0] = False
+        return cls(f"anion:{symbol}", table, available)
+
+    @classmethod
     def from_atom_init(cls, path: str | PathLike[str]) -> ElementEncoding:
         """Read an original-CGCNN ``atom_init.json`` (``{"Z": [features...]}``).
 
@@ -302,10 +317,14 @@ class ElementEncoding:
 
 
 def choose_encoding(atom_init: str | PathLike[str] | None, folder_atom_init: str | PathLike[str] | None) -> ElementEncoding:
-    """The element encoding of new data: ``--atom-init``, else the data folder's ``atom_init.json`` (as the original
-    code reads it), else the built-in cgcnn92."""
+    """The element encoding of new data: ``--atom-init`` (a file, ``cgcnn92`` or ``anion:X``), else the data
+    folder's ``atom_init.json`` (as the original code reads it), else the built-in cgcnn92."""
     path = atom_init or folder_atom_init
-    return ElementEncoding.from_atom_init(path) if path else ElementEncoding.cgcnn92()
+    if path is None or str(path) == "cgcnn92":
+        return ElementEncoding.cgcnn92()
+    if str(path).startswith("anion:") and not Path(path).exists():
+        return ElementEncoding.anion(str(path).removeprefix("anion:"))
+    return ElementEncoding.from_atom_init(path)
 
 
 def _bin_index(x: float, low: float, high: float, n_bins: int = 10) -> int:

@@ -71,16 +71,19 @@ class MembersModule(CGCNNModule):
 
     def _log_epoch(self, stage: str) -> None:
         sums = self._sums.get(stage)
-        if sums and stage == "val":
-            monitored = sums["member_loss" if self.task == "classification" else "member_mae"] / sums["crystals"]
-            self._keep_best(monitored.cpu())
         if sums:  # per-member values as one column each (metrics.csv, --logger)
             for name in [n for n in sums if n.startswith("member_")]:
                 for k, v in enumerate(sums.pop(name)):
                     sums[f"{name}{k}"] = v
         super()._log_epoch(stage)
 
-    def _keep_best(self, values: torch.Tensor) -> None:
+    def keep_best(self) -> None:
+        """After a validation epoch, with the weights it validated (``KeepBestMembers`` runs before the weight
+        average swaps them back): keep each member that improved on its monitored value."""
+        sums = self._sums.get("val")
+        if not sums:
+            return
+        values = (sums["member_loss" if self.task == "classification" else "member_mae"] / sums["crystals"]).cpu()
         best = self.best
         improved = values < best["value"]
         best["value"] = torch.where(improved, values, best["value"])
@@ -104,6 +107,21 @@ class MembersModule(CGCNNModule):
         """Each member as a ``CGCNN`` with the weights of its best validation epoch."""
         state = {name: t.cpu() for name, t in self.best["state"].items()}
         return [self.model.member(k, state) for k in range(self.model.k)]
+
+
+class KeepBestMembers:
+    """Lightning callback, first in the list: each member's best weights are taken at the end of validation, before
+    ``--ema``'s callback swaps the averaged weights (which validated) back for the raw ones."""
+
+    def __new__(cls):
+        import lightning as L
+
+        class _Keep(L.Callback):
+            def on_validation_epoch_end(self, trainer, pl_module) -> None:
+                if not trainer.sanity_checking:
+                    pl_module.keep_best()
+
+        return _Keep()
 
 
 def write_members(out: Path, module: MembersModule, spec: ModelSpec, split_rows, command: str) -> list[TrainedModel]:

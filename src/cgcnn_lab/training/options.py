@@ -27,7 +27,9 @@ class DataOptions:
     structure_col: str | None = option(None, group="data", factor=False,
                                        help="table column with CIF text or pymatgen JSON (default: structure / cif)")
     atom_init: str | None = option(None, group="data", factor=False,
-                                   help="atom_init.json element encoding (default: the data folder's, else cgcnn92)")
+                                   help="element encoding: an atom_init.json, cgcnn92, or anion:X (two features: "
+                                        "element X or not, e.g. anion:O; the structure with the chemistry reduced "
+                                        "to one bit) (default: the data folder's atom_init.json, else cgcnn92)")
     strict: bool = option(False, group="data", factor=False,
                           help="stop at the first bad entry instead of skipping it")
     cache_dir: str | None = option(None, group="data", factor=False,

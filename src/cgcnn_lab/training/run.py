@@ -266,7 +266,7 @@ def members_module(spec: ModelSpec, optim: dict, opts: TrainOptions, pretrained)
     from cgcnn_lab.model.members import check_stackable
     from cgcnn_lab.training.members import MembersModule
 
-    for bad, what in ((pretrained is not None, "--init-from"), (opts.ema, "--ema"),
+    for bad, what in ((pretrained is not None, "--init-from"),
                       (opts.devices not in ("1", 1) or opts.num_nodes != 1, "several devices or nodes")):
         if bad:
             raise DataError(f"--members {opts.members} does not combine with {what}: train the members as separate "
@@ -294,7 +294,11 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False),
         EpochMetricsCSV(out / "metrics.csv"),
     ]
-    if not members:
+    if members:
+        from cgcnn_lab.training.members import KeepBestMembers
+
+        callbacks.insert(0, KeepBestMembers())
+    else:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min",
                                          enable_version_counter=False))
     if opts.patience > 0 and not members:
