@@ -10,6 +10,16 @@ Prints, as markdown: the baselines (majority class; the rule "ABO3 means perovsk
 out-of-fold accuracy overall and on the 974 ABO3 members (mean ± std over seeds; every crystal tested once per
 seed), and every crystal the best variant (chosen on validation) gets wrong in any seed, with its formula, space
 group and label.
+
+Cross-validations trained with ``--members K`` (each fold an ensemble), one or several:
+
+    .venv/bin/cgcnn-lab train ../shared/data/perovskite_vs_oxides.csv.gz --target is_perovskite \
+        --task classification --folds 5 --report-subset ABO3 --stoichiometry on --atom-init anion:O --members 3 \
+        --out runs/pvo-m3-topo
+    .venv/bin/python bench/perovskite_classification.py --members runs/pvo-m3-topo runs/pvo-m3-cgcnn92
+
+prints each member's pooled out-of-fold accuracy (mean ± std over members), each run's ensemble, the mean of the
+runs' ensembles, and the crystals that last one gets wrong.
 """
 
 from __future__ import annotations
@@ -85,11 +95,67 @@ def space_group(cif: str) -> str:
     return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
 
 
+def member_p1(run: Path, table: pd.DataFrame, scratch: Path) -> list[pd.Series]:
+    """Each member's pooled out-of-fold p(perovskite) of a ``--folds 5 --members K`` run: fold f's member k
+    predicts fold f's test crystals."""
+    import cgcnn_lab
+
+    folds = pd.read_csv(run / "test_results.csv", dtype={"id": str}).set_index("id")["fold"]
+    n_members = len(json.loads((run / "fold0" / "ensemble.json").read_text())["members"])
+    pooled: list[list[pd.Series]] = [[] for _ in range(n_members)]
+    for fold in sorted(folds.unique()):
+        part = scratch / f"fold{fold}.csv"
+        table.loc[folds.index[folds == fold]].reset_index().to_csv(part, index=False)
+        for k in range(n_members):
+            pred = cgcnn_lab.predict(run / f"fold{fold}" / f"member{k}", str(part), targets=["is_perovskite"])
+            pooled[k].append(pd.Series(np.asarray(pred)[:, 1], index=[str(i) for i in pred.ids]))
+    return [pd.concat(parts) for parts in pooled]
+
+
+def members_report(runs: list[Path], table: pd.DataFrame, y: np.ndarray, member: np.ndarray) -> pd.Series:
+    """Members alone, each run's ensemble and the mean of the runs' ensembles; returns that mean's p(perovskite)."""
+    import tempfile
+
+    def scored(p1: pd.Series) -> tuple[float, float]:
+        right = (p1.reindex(table.index).to_numpy() > 0.5) == y
+        return right.mean(), right[member].mean()
+
+    print("| run | accuracy, all | accuracy, ABO3 members | ABO3 misses |\n|---|---|---|---|")
+    ensembles = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in runs:
+            members = [scored(p) for p in member_p1(run, table, Path(scratch))]
+            (a, a_sd), (b, b_sd) = ((np.mean(v), np.std(v)) for v in zip(*members))
+            print(f"| {run.name}: {len(members)} members alone | {a:.4f} ± {a_sd:.4f} | {b:.4f} ± {b_sd:.4f} | |")
+            ensembles.append(pd.read_csv(run / "test_results.csv", dtype={"id": str}).set_index("id")["p1"])
+            a, b = scored(ensembles[-1])
+            print(f"| {run.name}: their ensemble | {a:.4f} | {b:.4f} | {round((1 - b) * member.sum())} |")
+    mean = pd.concat(ensembles, axis=1).mean(axis=1)
+    if len(runs) > 1:
+        a, b = scored(mean)
+        print(f"| mean of the {len(runs)} ensembles | {a:.4f} | {b:.4f} | {round((1 - b) * member.sum())} |")
+    return mean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("compare", type=Path, help="the compare folder (runs/pvo-cv)")
+    parser.add_argument("compare", type=Path, nargs="?", help="the compare folder (runs/pvo-cv)")
+    parser.add_argument("--members", type=Path, nargs="+", help="cross-validation folders trained with --members K")
     args = parser.parse_args()
     table = pd.read_csv(TABLE, dtype={"id": str}).set_index("id")
+    if args.members:
+        y, member = table["is_perovskite"].to_numpy(), abo3(table["formula"])
+        p_mean = members_report(args.members, table, y, member)
+        missed = [i for i in table.index if (p_mean[i] > 0.5) != bool(table.loc[i, "is_perovskite"])]
+        which = "the ensemble" if len(args.members) == 1 else f"the mean of the {len(args.members)} ensembles"
+        print(f"\nThe {len(missed)} crystals {which} gets wrong:\n")
+        print("| id | formula | space group | what | label | p(perovskite) |\n|---|---|---|---|---|---|")
+        for crystal in sorted(missed, key=lambda i: (table.loc[i, "is_perovskite"], i)):
+            row = table.loc[crystal]
+            group = space_group(row.cif)
+            print(f"| {crystal} | {row.formula} | {group} | {describe(row.formula, group)} | "
+                  f"{'perovskite' if row.is_perovskite else 'other'} | {p_mean[crystal]:.2f} |")
+        return
     y, member = table["is_perovskite"].to_numpy(), abo3(table["formula"])
     print(f"{len(table)} crystals, {y.sum()} perovskites; {member.sum()} ABO3 members ({y[member].sum()} perovskites)\n")
     print("| model | seeds | accuracy, all (5-fold, pooled) | accuracy, ABO3 members | ROC-AUC, all |")
