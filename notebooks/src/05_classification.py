@@ -291,7 +291,7 @@ def test_oxide_classifier_as_asked(result_ox, raw_ox, EPOCHS):
 # which elements like perovskites, and two polymorphs of one formula (cubic and hexagonal BaNiO3, perovskite and
 # post-perovskite CaIrO3) are identical to it. The convolutions see the octahedra: corner-sharing in a
 # perovskite, face- or edge-sharing in the hexagonal and post-perovskite structures. That is how the CGCNN
-# reaches 99 % on this subset, and 99.6 % once it also reads the stoichiometry (`stoichiometry=True`), sees all
+# reaches 99 % on this subset, and 99.56 % once it also reads the stoichiometry (`stoichiometry=True`), sees all
 # cations alike (`atom_init="anion:O"`: only the geometry is left to tell) and has 20 neighbours per atom. What it
 # still gets wrong is mostly the labels' convention. Ordered double perovskites labelled "other" are
 # structurally perovskites. It also misses strongly distorted polar perovskites such as PbTiO3.
