@@ -99,6 +99,7 @@ def test_member_0_is_the_plain_run_and_the_folder_is_an_ensemble(table, cache, t
     record = json.loads((out / "ensemble.json").read_text())
     assert record["members"] == ["member0", "member1", "member2"] and record["scale"][0] > 0
     assert result.metrics["members"] == 3 and len(result.metrics["member_best_epochs"]) == 3
+    assert result.metrics["best_val_mae"] == pytest.approx(record["val_mae"])  # the ensemble's, what compare ranks
     assert len(result.metrics["member_test_scores"]) == 3
     curve = pd.read_csv(out / "metrics.csv")
     assert {"val_member_mae0", "val_member_mae2", "val_ensemble_mae"} <= set(curve.columns)
@@ -128,6 +129,7 @@ def test_members_classify_stop_on_patience_and_resume(table, cache, tmp_path):
     model = ModelConfig(n_conv=1, atom_fea_len=16, h_fea_len=16, task="classification")
     result = train(data, model, _options(tmp_path, "cls", epochs=3, members=2, scheduler="none"), log=lambda *_: None)
     assert "test_accuracy" in result.metrics and (result.out / "member1" / "model.safetensors").is_file()
+    assert result.metrics["best_val_loss"] == json.loads((result.out / "ensemble.json").read_text())["val_loss"] > 0
     with pytest.raises(DataError, match="members: 2 in the run, 3 now"):
         train(data, model, _options(tmp_path, "cls", epochs=5, members=3, resume=True), log=lambda *_: None)
     resumed = train(data, model, _options(tmp_path, "cls", epochs=5, members=2, scheduler="none", resume=True),

@@ -138,18 +138,29 @@ def write_members(out: Path, module: MembersModule, spec: ModelSpec, split_rows,
     return trained
 
 
-def write_ensemble(out: Path, trained: list[TrainedModel], dataset, val_idx: np.ndarray) -> dict:
-    """OUT/ensemble.json over the members; a regression ensemble's spread is calibrated split-conformally on the
-    validation crystals (``ensembles.py``), a classifier's spread (of probabilities) is left as it is."""
-    record = {"members": [t.path.name for t in trained], "counts": [1] * len(trained), "selection": "all"}
-    spec = trained[0].spec
-    if spec.task == "regression" and len(val_idx):
-        values = np.stack([predict_outputs(t.model, dataset, t.transform, subset=val_idx) for t in trained])
-        y = dataset.targets[val_idx]
+def write_ensemble(out: Path, trained: list[TrainedModel], dataset, val_idx: np.ndarray, trained_on: np.ndarray) -> dict:
+    """OUT/ensemble.json over the members, with the ensemble's validation MAE or loss; a regression ensemble's spread
+    is calibrated split-conformally on the validation crystals (``ensembles.py``), a classifier's spread (of
+    probabilities) is left as it is. ``trained_on``: the targets or class labels the members learned."""
+    record = {"members": [t.path.name for t in trained], "counts": [1] * len(trained), "selection": "all",
+              "scale": [1.0] * trained[0].spec.n_outputs, "n_val": len(val_idx)}
+    if not len(val_idx):
+        return _write(out, record)
+    values = np.stack([predict_outputs(t.model, dataset, t.transform, subset=val_idx) for t in trained])
+    if trained[0].spec.task == "regression":
+        y = trained_on[val_idx]
         scale, scale95 = (conformal_factor(values, y, level) for level in LEVELS)
-        record |= {"scale": scale.tolist(), "band95": (scale95 / scale).tolist(), "n_val": len(val_idx),
-                   "val_mae": float(np.abs(values.mean(0) - y).mean())}
-    else:
-        record |= {"scale": [1.0] * spec.n_outputs}
+        error = np.abs(values.mean(0) - y)
+        record |= {"scale": scale.tolist(), "band95": (scale95 / scale).tolist(), "val_mae": float(error.mean())}
+        if trained[0].spec.per_atom:  # in the unit learned, as the run's val_mae
+            record["val_mae_per_atom"] = float((error / dataset.n_atoms[val_idx][:, None]).mean())
+    else:  # the NLL of the mean class probabilities, the ensemble's validation loss
+        labels = trained_on[val_idx, 0].astype(int)
+        chosen = values.mean(0)[np.arange(len(labels)), labels]
+        record["val_loss"] = float(-np.log(np.clip(chosen, 1e-12, None)).mean())
+    return _write(out, record)
+
+
+def _write(out: Path, record: dict) -> dict:
     (out / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

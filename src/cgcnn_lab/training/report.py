@@ -35,8 +35,8 @@ def evaluate(out: Path, dataset: CrystalDataset, split: Split, monitor: str, inf
     models, scale = run_models(out)
     pred, members = predict_run(models, scale, dataset, eval_idx)
     best_epoch, best_value = _best(out / "metrics.csv", monitor)
-    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": pred.spec.unit or None, **info,
-               "best_epoch": best_epoch, f"best_{monitor}": best_value}
+    metrics = {"split": eval_name, "n_test": len(eval_idx), "unit": pred.spec.unit or None,
+               "best_epoch": best_epoch, f"best_{monitor}": best_value, **info}  # info wins (--members: the ensemble's)
     metrics |= {f"test_{k}": v for k, v in (pred.scores() or {}).items()}
     if len(members) > 1:  # the ensemble's members alone, for comparison
         metrics["member_test_scores"] = [m.scores() for m in members]
@@ -141,6 +141,9 @@ def summary(out: Path, metrics: dict, pred: Predictions, parts: dict[str, Predic
             lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --out predictions.csv (or any fold)")
         else:
             lines.append(f"predict: cgcnn-lab predict {out / 'fold0'} DATA --ensemble {others} --out predictions.csv")
+    elif "member_best_epochs" in metrics:
+        lines.append(f"{metrics['members']} members, best epochs {metrics['member_best_epochs']} of "
+                     f"{metrics['epochs_run']}, {metrics['seconds']:.1f} s")
     else:
         lines.append(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {metrics['seconds']:.1f} s")
         lines.append(f"predict: cgcnn-lab predict {out} DATA --out predictions.csv")

@@ -100,7 +100,7 @@ def train(
     info = {"seconds": round(seconds, 2), "epochs_run": int(trainer.current_epoch),
             "n_parameters": module.model.n_parameters()}
     if opts.members > 1:
-        info |= write_member_models(out, module, spec, dataset, split, config, log)
+        info |= write_member_models(out, module, spec, dataset, split, labels, config, log)
     metrics, pred, parts = evaluate(out, dataset, split, monitor, info, opts.report_subset)
     write_plots(out, monitor, pred, metrics["split"])
     log_final(loggers, config, metrics, trainer.global_step)
@@ -341,19 +341,23 @@ def fit(module, packed: PackedGraphs, split: Split, opts: TrainOptions, monitor:
     return trainer
 
 
-def write_member_models(out: Path, module, spec: ModelSpec, dataset: CrystalDataset, split: Split, config: dict,
-                        log) -> dict:
+def write_member_models(out: Path, module, spec: ModelSpec, dataset: CrystalDataset, split: Split,
+                        trained_on: np.ndarray, config: dict, log) -> dict:
     """A ``--members`` run's members (OUT/member{k}, each at its best epoch) and OUT/ensemble.json; the facts
     metrics.json keeps about them."""
     from cgcnn_lab.training.members import write_ensemble, write_members
 
     command = "cgcnn-lab train " + json.dumps({k: v for k, v in config["train"].items() if v not in (None, [], False)})
     trained = write_members(out, module, spec, split.rows(dataset.ids), command)
-    record = write_ensemble(out, trained, dataset, split.val)
+    record = write_ensemble(out, trained, dataset, split.val, trained_on)
     epochs = [int(e) for e in module.best["epoch"]]
     log(f"{len(trained)} members in {out}/member0 ...: best epochs {epochs}"
         + (f"; spread calibrated on validation (x{record['scale'][0]:.3g})" if "val_mae" in record else ""))
-    return {"members": len(trained), "member_best_epochs": epochs}
+    # the run's model is the ensemble: its validation value is what compare ranks by and --folds averages
+    ensemble = {f"best_{k}": record[k] for k in ("val_mae", "val_loss") if k in record}
+    if "val_mae_per_atom" in record:  # metrics.csv's val_mae is per atom with --per-atom
+        ensemble["best_val_mae"] = record["val_mae_per_atom"]
+    return {"members": len(trained), "member_best_epochs": epochs, "best_epoch": None, **ensemble}
 
 
 def _devices(devices: str):
