@@ -2,8 +2,9 @@
 
 The members differ in initialisation only: member k starts from the weights a plain run with ``--seed SEED+k``
 starts from, and all see the batches of ``--seed SEED`` (so member 0 is the plain run). Each has its own loss,
-gradients, batch-norm statistics and best epoch on validation; ``--patience`` stops a member's clock, and the run
-when every member has run out of it. The run folder is an ensemble (``ensembles.py``)::
+gradients, batch-norm statistics and best epoch on validation; with ``--patience`` the run stops once every member
+has gone that many epochs without improving (a member that stopped improving earlier keeps its best weights while
+the others train on). The run folder is an ensemble (``ensembles.py``)::
 
     OUT/member0 ... member{K-1}   each a packaged model (its best epoch): predict, explain or export it alone
     OUT/ensemble.json              the members; for regression their spread calibrated on validation
