@@ -11,7 +11,7 @@ EPOCHS=${EPOCHS:-3}
 OUT=${OUT:-runs/gpu-members}
 mkdir -p "$OUT"
 machine | tee "$OUT/env.txt"
-$PY bench/members_speed.py --device cuda --threads 1 --members 1 8 16 --rounds 3 --no-vmap --no-profile \
+DATA="$DATA" $PY bench/members_speed.py --device cuda --threads 1 --members 1 8 16 --rounds 3 --no-vmap --no-profile \
   > "$OUT/members_speed.md" 2>&1
 echo "model loop done at $(el) s"
 $PY bench/members_train.py --data "$DATA" --accelerator gpu --threads 1 --members 16 --epochs "$EPOCHS" --stacked-only \

@@ -47,7 +47,7 @@ from cgcnn_lab.model.members import MemberStack
 from cgcnn_lab.model.network import CGCNN
 from cgcnn_lab.training.module import make_optimizer
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/castelli_perovskites.csv.gz"
+DATA = Path(os.environ.get("DATA") or Path(__file__).resolve().parents[2] / "shared/data/castelli_perovskites.csv.gz")
 if not DATA.exists():
     DATA = Path("/work/shared/data/castelli_perovskites.csv.gz")
 MATBENCH = {"conv": "gated", "n_conv": 4, "atom_fea_len": 64, "h_fea_len": 32}  # presets.py "matbench"
