@@ -20,7 +20,7 @@ from torch import nn
 
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.model.convs import activation
-from cgcnn_lab.model.network import CGCNN
+from cgcnn_lab.model.network import CGCNN, pool
 from cgcnn_lab.model.stoichiometry import stoichiometry
 
 SHARED = ("element_table",)  # buffers every member has alike: kept once
@@ -239,16 +239,10 @@ class MemberStack(nn.Module):
             getattr(self, _key(f"{name}.running_var")).lerp_(unbiased, self.momentum)
 
     def _pool(self, x: torch.Tensor, batch, atom_weight: torch.Tensor) -> torch.Tensor:
-        """``network.pool`` for every member: [K, N, F] -> [K, crystals, F]."""
-        kind, n_crystals = self.config.pool, batch.num_graphs
-        if kind == "max":
-            index = batch.batch.view(1, -1, 1).expand_as(x)
-            return x.new_zeros((self.k, n_crystals, x.shape[2])).scatter_reduce_(1, index, x, "amax", include_self=False)
-        atoms = torch.arange(x.shape[1], device=x.device)
-        matrix = x.new_zeros((n_crystals, x.shape[1])).index_put_((batch.batch, atoms), atom_weight.to(x.dtype))
-        if kind == "mean":
-            matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
-        return torch.matmul(matrix, x)
+        """``network.pool`` for every member at once: [K, N, F] as [N, K·F] -> [K, crystals, F]."""
+        k, n, f = x.shape
+        pooled = pool(self.config.pool, x.transpose(0, 1).reshape(n, k * f), batch.batch, batch.num_graphs, atom_weight)
+        return pooled.view(-1, k, f).transpose(0, 1)
 
     def _head(self, h: torch.Tensor, stoich: torch.Tensor | None) -> torch.Tensor:
         """``CGCNN.head`` for every member."""
