@@ -85,6 +85,19 @@ def conformal_factor(values: np.ndarray, y: np.ndarray, level: float) -> np.ndar
     return np.array([np.nanquantile(z[:, t], q[t], method="higher") for t in range(z.shape[1])])
 
 
+def calibration(values: np.ndarray, y: np.ndarray) -> dict:
+    """ensemble.json's calibration from the members' validation predictions [M, S, T] (a member counted twice
+    appears twice) and the targets: the factor on the spread (σ), the 95.45 % band in σ, the ensemble's MAE."""
+    scale, scale95 = (conformal_factor(values, y, level) for level in LEVELS)
+    return {"scale": scale.tolist(), "band95": (scale95 / scale).tolist(), "n_val": len(y),
+            "val_mae": float(np.abs(values.mean(0) - y).mean())}
+
+
+def write(out: Path, record: dict) -> dict:
+    (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool = False, log=print, **read) -> dict:
     """Choose members (all, or greedily on validation), calibrate their spread on validation, score on test and
     write ``out``: ensemble.json, test_results.csv and calibration.png. Returns the ensemble's record."""
@@ -111,18 +124,15 @@ def build(runs: list[str | Path], raw: RawDataset, out: str | Path, select: bool
     if len(set(chosen)) < 2:
         raise ValueError(f"the selection on validation kept one member ({runs[chosen[0]]}): no spread to calibrate; "
                          "build the ensemble from all members (without --select)")
-    scale, scale95 = (conformal_factor(val[chosen], val_pred.targets, level) for level in LEVELS)
     out = Path(out)
     record = {"members": [os.path.relpath(runs[k].resolve(), out.resolve()) for k in sorted(set(chosen))],
-              "counts": [chosen.count(k) for k in sorted(set(chosen))], "scale": scale.tolist(),
-              "band95": (scale95 / scale).tolist(),
-              "selection": "greedy on validation MAE" if select else "all",
-              "n_val": len(val_pred), "val_mae": float(np.abs(val[chosen].mean(0) - val_pred.targets).mean())}
+              "counts": [chosen.count(k) for k in sorted(set(chosen))],
+              "selection": "greedy on validation MAE" if select else "all", **calibration(val[chosen], val_pred.targets)}
     out.mkdir(parents=True, exist_ok=True)
     if test_ids:
-        record |= _test_record(values[:, is_test], chosen, scale, scale95 / scale, pred.subset(is_test), out)
-    (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
-    log(summary(record, val_pred.spec.unit))
+        scale, band95 = np.asarray(record["scale"]), np.asarray(record["band95"])
+        record |= _test_record(values[:, is_test], chosen, scale, band95, pred.subset(is_test), out)
+    log(summary(write(out, record), val_pred.spec.unit))
     return record
 
 

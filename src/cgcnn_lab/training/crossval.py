@@ -47,14 +47,14 @@ def cross_validate(data, model_cfg, opts, raw, log):
         log(f"fold {k} of {opts.folds}")
         resume = (fold / "checkpoints" / "last.ckpt").exists()
         train(data, model_cfg, replace(opts, test_fold=k, out=str(fold), resume=resume), raw=raw, log=log)
-    trained = [run_models(run) for run in runs]  # (models, spread scale) of each fold
-    spec = trained[0][0][0].spec
+    fold_models = [run_models(run) for run in runs]  # (models, spread scale) of each fold
+    spec = fold_models[0][0][0].spec  # the first fold's first model
     dataset = build_dataset(raw, spec.graph, spec.encoding, data.cache_dir, data.use_cache, data.strict, data.jobs)
     strata = classes_of(dataset, data, spec.task)
     tests = [make_split(dataset, raw, replace(opts, test_fold=k), strata).test for k in range(opts.folds)]
     idx = np.concatenate(tests)
     values = np.concatenate([predict_run(models, scale, dataset, test)[0].values
-                             for (models, scale), test in zip(trained, tests)])
+                             for (models, scale), test in zip(fold_models, tests)])
     pooled = Predictions(dataset.ids[idx], values, spec, dataset.n_atoms[idx], targets=dataset.targets[idx])
     parts = subset_predictions(pooled, dataset, idx, opts.report_subset)
     metrics = _pooled_metrics(runs, pooled, parts, time.perf_counter() - start)

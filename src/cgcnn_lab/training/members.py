@@ -13,15 +13,13 @@ the others train on). The run folder is an ensemble (``ensembles.py``)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cgcnn_lab.ensembles import FILE as ENSEMBLE_FILE
-from cgcnn_lab.ensembles import LEVELS, conformal_factor
+from cgcnn_lab import ensembles
 from cgcnn_lab.inference import TrainedModel, predict_outputs
 from cgcnn_lab.model.members import MemberStack
 from cgcnn_lab.packaged import save_packaged, write_split
@@ -146,22 +144,15 @@ def write_ensemble(out: Path, trained: list[TrainedModel], dataset, val_idx: np.
     record = {"members": [t.path.name for t in trained], "counts": [1] * len(trained), "selection": "all",
               "scale": [1.0] * trained[0].spec.n_outputs, "n_val": len(val_idx)}
     if not len(val_idx):
-        return _write(out, record)
+        return ensembles.write(out, record)
     values = np.stack([predict_outputs(t.model, dataset, t.transform, subset=val_idx) for t in trained])
     if trained[0].spec.task == "regression":
         y = trained_on[val_idx]
-        scale, scale95 = (conformal_factor(values, y, level) for level in LEVELS)
-        error = np.abs(values.mean(0) - y)
-        record |= {"scale": scale.tolist(), "band95": (scale95 / scale).tolist(), "val_mae": float(error.mean())}
+        record |= ensembles.calibration(values, y)
         if trained[0].spec.per_atom:  # in the unit learned, as the run's val_mae
-            record["val_mae_per_atom"] = float((error / dataset.n_atoms[val_idx][:, None]).mean())
+            record["val_mae_per_atom"] = float((np.abs(values.mean(0) - y) / dataset.n_atoms[val_idx][:, None]).mean())
     else:  # the NLL of the mean class probabilities, the ensemble's validation loss
         labels = trained_on[val_idx, 0].astype(int)
         chosen = values.mean(0)[np.arange(len(labels)), labels]
         record["val_loss"] = float(-np.log(np.clip(chosen, 1e-12, None)).mean())
-    return _write(out, record)
-
-
-def _write(out: Path, record: dict) -> dict:
-    (out / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return ensembles.write(out, record)
