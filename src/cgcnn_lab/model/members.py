@@ -14,6 +14,8 @@ others train as separate runs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,54 +39,97 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # module attribute names cannot hold dots
 
 
+class _EdgeIndex(NamedTuple):
+    """A batch's edge indices for all K members at once, made once per batch and shared by every layer: each a
+    sum over rows as one ``embedding_bag`` (several times faster on CPU than ``index_add_`` along the edge dimension
+    of a [K, E, C] tensor)."""
+
+    rows: torch.Tensor  # [K·E, 3]: the centre, neighbour and bond rows of each member's table (the forward gather)
+    to_center: torch.Tensor  # [K·E]: edges in centre order (bags: to_center_offsets)
+    to_center_offsets: torch.Tensor  # [K·N]
+    center_weights: torch.Tensor  # [K·E]: m_e in centre order
+    from_center: torch.Tensor  # [K·E]: each edge's centre row of a [K·N] tensor (bags of one)
+    edge_offsets: torch.Tensor  # [K·E]: 0, 1, 2, ...
+    edge_weights: torch.Tensor  # [K·E]: m_e
+    to_rows: torch.Tensor  # [K·3E]: edges in table-row order (bags: to_rows_offsets): the adjoint of ``rows``
+    to_rows_offsets: torch.Tensor  # [K·(2N + B)]
+
+
+def _bags(keys: torch.Tensor, n_bags: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``keys`` grouped by key (stable) and where each key's bag starts."""
+    order = torch.argsort(keys, stable=True)
+    offsets = torch.zeros(n_bags, dtype=torch.long, device=keys.device)
+    torch.cumsum(torch.bincount(keys, minlength=n_bags)[:-1], 0, out=offsets[1:])
+    return order, offsets
+
+
+def _edge_index(k: int, n: int, n_bonds: int, center, neighbor, inverse, m) -> _EdgeIndex:
+    e, n_rows = center.shape[0], 2 * n + n_bonds
+    member = torch.arange(k, device=center.device).view(-1, 1)
+    rows = torch.stack([center, neighbor + n, inverse + 2 * n], dim=1)
+    by_center, center_offsets = _bags(center, n)
+    by_row, row_offsets = _bags(rows.view(-1), n_rows)
+    return _EdgeIndex(
+        rows=(rows.unsqueeze(0) + n_rows * member.unsqueeze(2)).view(-1, 3),
+        to_center=(by_center + e * member).view(-1), to_center_offsets=(center_offsets + e * member).view(-1),
+        center_weights=m[by_center].repeat(k), from_center=(center + n * member).view(-1),
+        edge_offsets=torch.arange(k * e, device=center.device), edge_weights=m.repeat(k),
+        to_rows=(torch.div(by_row, 3, rounding_mode="floor") + e * member).view(-1),
+        to_rows_offsets=(row_offsets + 3 * e * member).view(-1))
+
+
 class _StackedGatedMessages(torch.autograd.Function):
     """convs.py's ``_GatedMessages`` (the fused edge step of training) with a member dimension: x [K, N, A], weight
-    blocks [K, in, 2A], one batched matmul per block, one ``embedding_bag`` over the K·E edge rows, batch-norm
-    statistics per member (a batched GEMV with the shared edge weights), backward written out, in place where it can;
-    the bias before batch norm gets its exact zero gradient, as there."""
+    blocks [K, in, 2A], one batched matmul per block, batch-norm statistics per member (a batched GEMV with the
+    shared edge weights), every gather and sum over edges one ``embedding_bag`` over all members' rows (``_EdgeIndex``),
+    backward written out, in place where it can; the bias before batch norm gets its exact zero gradient, as there."""
 
     @staticmethod
-    def forward(ctx, x, bonds, wc, wn, wu, bias, rows, center, neighbor, inverse, m, w, gamma, beta, eps: float):
+    def forward(ctx, x, bonds, wc, wn, wu, bias, index: _EdgeIndex, w, gamma, beta, eps: float):
         k, n, a = x.shape
-        e, n_rows = center.shape[0], 2 * n + bonds.shape[0]
+        n_rows = 2 * n + bonds.shape[0]
         table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
-        z = F.embedding_bag(rows, table.view(k * n_rows, 2 * a), mode="sum").view(k, e, 2 * a)
+        z = F.embedding_bag(index.rows, table.view(k * n_rows, 2 * a), mode="sum").view(k, -1, 2 * a)
         mean = torch.matmul(w, z)  # [K, 1, 2A]
         centred = z.sub_(mean)
         var = torch.matmul(w, centred * centred)
         inv = torch.rsqrt(var + eps)
         x_hat = centred.mul_(inv)
         y = torch.addcmul(beta, x_hat, gamma)
-        gate, core = torch.sigmoid(y[..., :a]), F.softplus(y[..., a:])
-        mm = m.view(1, e, 1).to(x.dtype)
-        messages = (gate * core).mul_(mm)
-        out = messages.new_zeros((k, n, a)).index_add_(1, center, messages)
-        ctx.save_for_backward(x, bonds, wc, wn, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma)
+        sig = torch.sigmoid(y)  # σ(f), and σ(c) = softplus'(c) for the backward
+        gate, core = sig[..., :a], F.softplus(y[..., a:])
+        messages = (gate * core).view(-1, a)
+        out = F.embedding_bag(index.to_center, messages, index.to_center_offsets, mode="sum",
+                              per_sample_weights=index.center_weights).view(k, n, a)
+        ctx.save_for_backward(x, bonds, wc, wn, x_hat, sig, core, w, inv, gamma)
+        ctx.index = index
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, dout, _dmean, _dvar):
-        x, bonds, wc, wn, x_hat, gate, core, center, neighbor, inverse, mm, w, inv, gamma = ctx.saved_tensors
+        x, bonds, wc, wn, x_hat, sig, core, w, inv, gamma = ctx.saved_tensors
+        index = ctx.index
         k, n, a = x.shape
-        dm = dout.index_select(1, center).mul_(mm)
+        n_rows = 2 * n + bonds.shape[0]
+        dm = F.embedding_bag(index.from_center, dout.reshape(k * n, a), index.edge_offsets, mode="sum",
+                             per_sample_weights=index.edge_weights).view(k, -1, a)
+        gate, sig_c = sig[..., :a], sig[..., a:]
         dy = torch.empty_like(x_hat)
-        torch.mul(dm * gate, torch.expm1(core.neg()).neg_(), out=dy[..., a:])  # softplus'(c) = σ(c)
+        torch.mul(dm * gate, sig_c, out=dy[..., a:])  # softplus'(c) = σ(c)
         torch.mul((dm * core).mul_(gate), 1.0 - gate, out=dy[..., :a])  # σ'(f) = σ(f)(1 − σ(f))
         dbeta = dy.sum(1, keepdim=True)
         dgamma = (dy * x_hat).sum(1, keepdim=True)
         g = gamma * inv  # [K, 1, 2A]
-        correction = torch.addcmul(g * dbeta, x_hat, g * dgamma).mul_(w.T)
-        dz = dy.mul_(g).sub_(correction)
-        d_table = dz.new_zeros((k, 2 * n + bonds.shape[0], 2 * a))
+        correction = torch.addcmul(g * dbeta, x_hat, g * dgamma)
+        dz = dy.mul_(g).addcmul_(correction, w.T.unsqueeze(0), value=-1.0)
+        d_table = F.embedding_bag(index.to_rows, dz.view(-1, 2 * a), index.to_rows_offsets,
+                                  mode="sum").view(k, n_rows, 2 * a)
         d_center, d_neighbor, d_bond = d_table[:, :n], d_table[:, n : 2 * n], d_table[:, 2 * n :]
-        d_center.index_add_(1, center, dz)
-        d_neighbor.index_add_(1, neighbor, dz)
-        d_bond.index_add_(1, inverse, dz)
         dx = torch.baddbmm(torch.bmm(d_center, wc.transpose(1, 2)), d_neighbor, wn.transpose(1, 2))
         xt = x.transpose(1, 2)
         return (dx, None, torch.bmm(xt, d_center), torch.bmm(xt, d_neighbor), torch.matmul(bonds.T, d_bond),
-                dz.new_zeros((k, 1, 2 * a)), None, None, None, None, None, None, dgamma, dbeta, None)
+                dz.new_zeros((k, 1, 2 * a)), None, None, dgamma, dbeta, None)
 
 
 class MemberStack(nn.Module):
@@ -178,17 +223,15 @@ class MemberStack(nn.Module):
         count = atom_weight.index_select(0, center) * edge_weight  # unmerged edges each row stands for
         distances, inverse = torch.unique(batch.distance, return_inverse=True)  # bond features per distance
         bonds = self.expansion(distances)
-        n_rows = 2 * n + bonds.shape[0]
-        rows = torch.stack([center, neighbor + n, inverse + 2 * n], dim=1)  # [E, 3] rows of one member's table
-        rows = (rows.unsqueeze(0) + n_rows * torch.arange(self.k, device=x.device).view(-1, 1, 1)).view(-1, 3)
-        graph = (bonds, rows, center, neighbor, inverse, edge_weight, count)
+        graph = (bonds, _edge_index(self.k, n, bonds.shape[0], center, neighbor, inverse, edge_weight), center,
+                 edge_weight, count)
         for layer in range(self.n_conv):
             x = self._gated(layer, x, graph, atom_weight)
         return x
 
     def _gated(self, layer: int, x: torch.Tensor, graph, atom_weight: torch.Tensor) -> torch.Tensor:
         """``GatedConv`` for every member at once."""
-        bonds, rows, center, neighbor, inverse, edge_weight, count = graph
+        bonds, edges, center, edge_weight, count = graph
         k, n, a = x.shape
         prefix = f"convs.{layer}"
         weight, bias = self._p(f"{prefix}.fc_full.weight"), self._p(f"{prefix}.fc_full.bias").unsqueeze(1)
@@ -196,14 +239,13 @@ class MemberStack(nn.Module):
         if self._fused(x):
             gamma, beta = self._p(f"{prefix}.bn1.weight").unsqueeze(1), self._p(f"{prefix}.bn1.bias").unsqueeze(1)
             w = (count / count.sum()).unsqueeze(0).to(x.dtype)
-            summed, mean, var = _StackedGatedMessages.apply(x, bonds, wc, wn, wu, bias, rows, center, neighbor,
-                                                            inverse, edge_weight, w, gamma, beta, self.eps)
+            summed, mean, var = _StackedGatedMessages.apply(x, bonds, wc, wn, wu, bias, edges, w, gamma, beta, self.eps)
             self._track(f"{prefix}.bn1", mean, var, count.sum())
         else:
             if self.training and self.config.batchnorm:
                 bias = bias * 0 + bias.detach()  # its exact zero gradient, as in the fused step
             table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
-            z = F.embedding_bag(rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
+            z = F.embedding_bag(edges.rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
             gate, core = self._batch_norm(z, f"{prefix}.bn1", count).split(a, dim=2)
             messages = torch.sigmoid(gate) * self.act(core) * edge_weight.view(1, -1, 1).to(x.dtype)
             summed = x.new_zeros((k, n, a)).index_add_(1, center, messages)
