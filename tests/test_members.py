@@ -17,6 +17,7 @@ from cgcnn_lab.data.demo import DEMO_TARGET, write_demo_dataset
 from cgcnn_lab.data.elements import ElementEncoding
 from cgcnn_lab.data.sources import DataError
 from cgcnn_lab.inference import load_trained
+from cgcnn_lab.model import members as members_module
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.model.members import MemberStack
 from cgcnn_lab.model.network import CGCNN
@@ -63,6 +64,8 @@ def test_the_stack_computes_each_members_own_function(table, cache, config, coll
     stack = MemberStack(copy.deepcopy(members)).train()
     batch.y = batch.y.double()
     out = stack(batch)
+    if stack._fused(out):  # the compiled chains ran, not their uncompiled fallback (model/compiled.py)
+        assert members_module._bn_gate.compiled is not None and not members_module._bn_gate.failed
     ref = torch.stack([m(batch) for m in members])
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cgcnn_lab.model.compiled import MaybeCompiled
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.model.convs import activation
 from cgcnn_lab.model.network import CGCNN, pool
@@ -78,10 +79,52 @@ def _edge_index(k: int, n: int, n_bonds: int, center, neighbor, inverse, m) -> _
         to_rows_offsets=(row_offsets + 3 * e * member).view(-1))
 
 
+def _bn_gate_eager(z, w, gamma, beta, eps: float):
+    """The edge step after the gather, per member: batch norm of z [K, E, 2A] over the edges weighted by w [E, 1],
+    then the gate. Returns x̂, σ(y) (σ(f), and σ(c) = softplus'(c) for the backward), softplus(c), the messages
+    σ(f)·softplus(c), and the statistics (mean, var, 1/√(var + eps))."""
+    a = z.shape[-1] // 2
+    mean = (w * z).sum(1, keepdim=True)  # [K, 1, 2A]
+    centred = z - mean
+    var = (w * centred * centred).sum(1, keepdim=True)
+    inv = torch.rsqrt(var + eps)
+    x_hat = centred * inv
+    y = x_hat * gamma + beta
+    sig = torch.sigmoid(y)
+    core = F.softplus(y[..., a:])
+    return x_hat, sig, core, sig[..., :a] * core, mean, var, inv
+
+
+def _bn_gate_backward_eager(dm, sig, core, x_hat, w, inv, gamma):
+    """``_bn_gate``'s backward from the messages' gradient dm [K, E, A] to z's, γ's and β's."""
+    a = dm.shape[-1]
+    gate, sig_c = sig[..., :a], sig[..., a:]
+    dy = torch.cat([dm * core * gate * (1.0 - gate), dm * gate * sig_c], dim=-1)  # σ'(f) = σ(f)(1 − σ(f))
+    dbeta = dy.sum(1, keepdim=True)
+    dgamma = (dy * x_hat).sum(1, keepdim=True)
+    g = gamma * inv
+    return g * dy - w * (g * dbeta + x_hat * (g * dgamma)), dgamma, dbeta
+
+
+def _residual_bn_softplus_eager(x, summed, w, gamma, beta, eps: float):
+    """The gated layer's end in training, softplus(x + BN(Σ messages)), statistics per member over the atoms weighted
+    by w [N, 1]; returns it with the (detached) statistics."""
+    mean = (w * summed).sum(1, keepdim=True)
+    centred = summed - mean
+    var = (w * centred * centred).sum(1, keepdim=True)
+    out = F.softplus(x + centred * torch.rsqrt(var + eps) * gamma + beta)
+    return out, mean.detach(), var.detach()
+
+
+_bn_gate = MaybeCompiled(_bn_gate_eager)
+_residual_bn_softplus = MaybeCompiled(_residual_bn_softplus_eager)
+_bn_gate_backward = MaybeCompiled(_bn_gate_backward_eager)
+
+
 class _StackedGatedMessages(torch.autograd.Function):
     """convs.py's ``_GatedMessages`` (the fused edge step of training) with a member dimension: x [K, N, A], weight
-    blocks [K, in, 2A], one batched matmul per block, batch-norm statistics per member (a batched GEMV with the
-    shared edge weights), every gather and sum over edges one ``embedding_bag`` over all members' rows (``_EdgeIndex``),
+    blocks [K, in, 2A], one batched matmul per block, the batch norm (statistics per member) and gate as one
+    compiled element-wise chain each way (``_bn_gate``), every gather and sum over edges one ``embedding_bag`` over all members' rows (``_EdgeIndex``),
     backward written out, in place where it can; the bias before batch norm gets its exact zero gradient, as there."""
 
     @staticmethod
@@ -90,16 +133,8 @@ class _StackedGatedMessages(torch.autograd.Function):
         n_rows = 2 * n + bonds.shape[0]
         table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
         z = F.embedding_bag(index.rows, table.view(k * n_rows, 2 * a), mode="sum").view(k, -1, 2 * a)
-        mean = torch.matmul(w, z)  # [K, 1, 2A]
-        centred = z.sub_(mean)
-        var = torch.matmul(w, centred * centred)
-        inv = torch.rsqrt(var + eps)
-        x_hat = centred.mul_(inv)
-        y = torch.addcmul(beta, x_hat, gamma)
-        sig = torch.sigmoid(y)  # σ(f), and σ(c) = softplus'(c) for the backward
-        gate, core = sig[..., :a], F.softplus(y[..., a:])
-        messages = (gate * core).view(-1, a)
-        out = F.embedding_bag(index.to_center, messages, index.to_center_offsets, mode="sum",
+        x_hat, sig, core, messages, mean, var, inv = _bn_gate(z, w, gamma, beta, eps)
+        out = F.embedding_bag(index.to_center, messages.view(-1, a), index.to_center_offsets, mode="sum",
                               per_sample_weights=index.center_weights).view(k, n, a)
         ctx.save_for_backward(x, bonds, wc, wn, x_hat, sig, core, w, inv, gamma)
         ctx.index = index
@@ -114,15 +149,7 @@ class _StackedGatedMessages(torch.autograd.Function):
         n_rows = 2 * n + bonds.shape[0]
         dm = F.embedding_bag(index.from_center, dout.reshape(k * n, a), index.edge_offsets, mode="sum",
                              per_sample_weights=index.edge_weights).view(k, -1, a)
-        gate, sig_c = sig[..., :a], sig[..., a:]
-        dy = torch.empty_like(x_hat)
-        torch.mul(dm * gate, sig_c, out=dy[..., a:])  # softplus'(c) = σ(c)
-        torch.mul((dm * core).mul_(gate), 1.0 - gate, out=dy[..., :a])  # σ'(f) = σ(f)(1 − σ(f))
-        dbeta = dy.sum(1, keepdim=True)
-        dgamma = (dy * x_hat).sum(1, keepdim=True)
-        g = gamma * inv  # [K, 1, 2A]
-        correction = torch.addcmul(g * dbeta, x_hat, g * dgamma)
-        dz = dy.mul_(g).addcmul_(correction, w.T.unsqueeze(0), value=-1.0)
+        dz, dgamma, dbeta = _bn_gate_backward(dm, sig, core, x_hat, w, inv, gamma)
         d_table = F.embedding_bag(index.to_rows, dz.view(-1, 2 * a), index.to_rows_offsets,
                                   mode="sum").view(k, n_rows, 2 * a)
         d_center, d_neighbor, d_bond = d_table[:, :n], d_table[:, n : 2 * n], d_table[:, 2 * n :]
@@ -237,19 +264,27 @@ class MemberStack(nn.Module):
         weight, bias = self._p(f"{prefix}.fc_full.weight"), self._p(f"{prefix}.fc_full.bias").unsqueeze(1)
         wc, wn, wu = (weight[:, :, s].transpose(1, 2) for s in (slice(0, a), slice(a, 2 * a), slice(2 * a, None)))
         if self._fused(x):
-            gamma, beta = self._p(f"{prefix}.bn1.weight").unsqueeze(1), self._p(f"{prefix}.bn1.bias").unsqueeze(1)
-            w = (count / count.sum()).unsqueeze(0).to(x.dtype)
-            summed, mean, var = _StackedGatedMessages.apply(x, bonds, wc, wn, wu, bias, edges, w, gamma, beta, self.eps)
-            self._track(f"{prefix}.bn1", mean, var, count.sum())
-        else:
-            if self.training and self.config.batchnorm:
-                bias = bias * 0 + bias.detach()  # its exact zero gradient, as in the fused step
-            table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
-            z = F.embedding_bag(edges.rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
-            gate, core = self._batch_norm(z, f"{prefix}.bn1", count).split(a, dim=2)
-            messages = torch.sigmoid(gate) * self.act(core) * edge_weight.view(1, -1, 1).to(x.dtype)
-            summed = x.new_zeros((k, n, a)).index_add_(1, center, messages)
+            return self._gated_fused(prefix, x, bonds, (wc, wn, wu, bias), edges, count, atom_weight)
+        if self.training and self.config.batchnorm:
+            bias = bias * 0 + bias.detach()  # its exact zero gradient, as in the fused step
+        table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
+        z = F.embedding_bag(edges.rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
+        gate, core = self._batch_norm(z, f"{prefix}.bn1", count).split(a, dim=2)
+        messages = torch.sigmoid(gate) * self.act(core) * edge_weight.view(1, -1, 1).to(x.dtype)
+        summed = x.new_zeros((k, n, a)).index_add_(1, center, messages)
         return self.act(x + self._batch_norm(summed, f"{prefix}.bn2", atom_weight))
+
+    def _gated_fused(self, prefix: str, x, bonds, weights, edges: _EdgeIndex, count, atom_weight) -> torch.Tensor:
+        """The gated layer in training (``_fused``): the edge step and the layer's end, each written out or compiled."""
+        gamma, beta = self._p(f"{prefix}.bn1.weight").unsqueeze(1), self._p(f"{prefix}.bn1.bias").unsqueeze(1)
+        w = (count / count.sum()).unsqueeze(1).to(x.dtype)  # [E, 1]
+        summed, mean, var = _StackedGatedMessages.apply(x, bonds, *weights, edges, w, gamma, beta, self.eps)
+        self._track(f"{prefix}.bn1", mean, var, count.sum())
+        gamma, beta = self._p(f"{prefix}.bn2.weight").unsqueeze(1), self._p(f"{prefix}.bn2.bias").unsqueeze(1)
+        w = (atom_weight / atom_weight.sum()).unsqueeze(1)  # [N, 1]
+        out, mean, var = _residual_bn_softplus(x, summed, w, gamma, beta, self.eps)
+        self._track(f"{prefix}.bn2", mean, var, atom_weight.sum())
+        return out
 
     def _fused(self, x: torch.Tensor) -> bool:
         """The hand-written edge step (as ``GatedConv._fused``): training, batch norm, softplus, no autocast."""
