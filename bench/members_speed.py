@@ -1,10 +1,11 @@
 """Can K ensemble members trained in one process, as batched weights, beat K members trained one after the other?
 
     .venv/bin/python bench/members_speed.py [--batches 30] [--rounds 5] [--threads 2 1] [--members 1 4 8]
-                                            [--no-profile] [--no-vmap] [--device cuda]
+                                            [--no-profile] [--no-vmap] [--device cuda] [--max-nbr 8]
+                                            [--against OLD_MEMBERS_PY ...]
 
 The "profile first" step of ``--members K``. Real training batches: Castelli perovskites, Matbench fold-0 training
-crystals (``matbench_fold != 0``), featurised by the package with 8 neighbours, ``--batches`` shuffled batches of 64
+crystals (``matbench_fold != 0``), featurised by the package with 8 neighbours (``--max-nbr``), ``--batches`` shuffled batches of 64
 merged graphs (``collapse=True``, as training builds them). The ``matbench`` network (gated, 4 convs, 64 atom /
 32 hidden features, cgcnn92 element table), L1 loss, fused AdamW (``training.module.make_optimizer``).
 
@@ -64,8 +65,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def load_batches(n_batches: int, batch_size: int = 64, seed: int = 0):
-    dataset = cgcnn_lab.featurize(str(DATA), targets=["e_form"], max_neighbors=8)
+def load_batches(n_batches: int, batch_size: int = 64, seed: int = 0, max_nbr: int = 8):
+    dataset = cgcnn_lab.featurize(str(DATA), targets=["e_form"], max_neighbors=max_nbr)
     folds = pd.read_csv(DATA, usecols=["id", "matbench_fold"]).set_index("id")["matbench_fold"]
     train = np.flatnonzero(folds.loc[dataset.ids].to_numpy() != 0)
     y = dataset.targets
@@ -191,9 +192,10 @@ class Sequential:
 class Stacked:
     name = "stacked"
     fused = False
+    stack = MemberStack
 
     def __init__(self, models):
-        self.model = MemberStack(models).train()
+        self.model = self.stack(models).train()
         if not self.fused:
             self.model._fused = lambda x: False
         self.opt = make_optimizer("adamw", self.model.parameters(), LR, WEIGHT_DECAY)
@@ -211,18 +213,29 @@ class StackedFused(Stacked):
     fused = True
 
 
-def time_all(table, batches, ks, threads, rounds):
+def stacked_from(path: str) -> type[Stacked]:
+    """``--against FILE``: the fused stack of another ``model/members.py`` (an earlier commit's: ``git show
+    REV:src/cgcnn_lab/model/members.py > FILE``), timed beside this one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"against_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return type("Against", (StackedFused,), {"name": f"stacked-fused ({path})", "stack": module.MemberStack})
+
+
+def time_all(table, batches, ks, threads, rounds, against=()):
     rows = []
     for t in threads:
         torch.set_num_threads(t)
         for k in ks:
-            variants = [Sequential(build_models(k, table)), Stacked(build_models(k, table)),
-                        StackedFused(build_models(k, table))]
+            variants = [cls(build_models(k, table)) for cls in (Sequential, Stacked, StackedFused, *against)]
             for v in variants:
                 v.epoch(batches[:3])  # warm-up
             times = {v.name: [] for v in variants}
+            n = len(variants)
             for r in range(rounds):
-                for v in variants[r % 3:] + variants[: r % 3]:  # rotate the order too
+                for v in variants[r % n:] + variants[: r % n]:  # rotate the order too
                     sync()
                     start = time.perf_counter()
                     v.epoch(batches)
@@ -269,12 +282,15 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--no-vmap", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-nbr", type=int, default=8, help="neighbours per atom (the matbench preset: 12)")
+    p.add_argument("--against", nargs="+", default=[], metavar="FILE",
+                   help="also time the fused stack of these members.py files (earlier commits'), interleaved")
     args = p.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     print(f"load average before: {os.getloadavg()}")
-    _dataset, n_train, batches = load_batches(args.batches)
+    _dataset, n_train, batches = load_batches(args.batches, max_nbr=args.max_nbr)
     table = ElementEncoding.cgcnn92().table
     nodes = np.mean([b.num_nodes for b in batches])
     edges = np.mean([b.edge_index.shape[1] for b in batches])
@@ -294,7 +310,7 @@ def main() -> None:
             print("- " + line)
 
     print("\n## timing (alternating rounds, medians)")
-    rows = time_all(table, batches, args.members, args.threads, args.rounds)
+    rows = time_all(table, batches, args.members, args.threads, args.rounds, [stacked_from(f) for f in args.against])
     if not args.no_profile:
         print("\n## profile (torch.profiler, self CPU time, top operators)")
         for line in profile(table, batches, max(args.members), args.threads[0]):
