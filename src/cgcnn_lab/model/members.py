@@ -45,7 +45,9 @@ class _EdgeIndex(NamedTuple):
     chains (``_bn_gate``); each sum over edges is one ``embedding_bag`` over all K members' rows (several times
     faster on CPU than ``index_add_`` along the edge dimension of a [K, E, C] tensor)."""
 
-    rows: torch.Tensor  # [E, 3]: each edge's centre, neighbour and bond row of a member's table [2N + B, 2A]
+    center: torch.Tensor  # [E]: each edge's centre atom, neighbour atom and distinct distance (bond row)
+    neighbor: torch.Tensor
+    inverse: torch.Tensor
     multiplicity: torch.Tensor  # [E]: m_e, the identical edges a merged edge stands for at its centre
     member_rows: torch.Tensor  # [K·E, 3]: ``rows`` of every member in the [K·(2N + B)] rows of all (the composite)
     to_center: torch.Tensor  # [K·E]: edges in centre order (bags: to_center_offsets)
@@ -70,20 +72,22 @@ def _edge_index(k: int, n: int, n_bonds: int, center, neighbor, inverse, m) -> _
     by_center, center_offsets = _bags(center, n)
     by_row, row_offsets = _bags(rows.view(-1), n_rows)
     return _EdgeIndex(
-        rows=rows, multiplicity=m, member_rows=(rows.unsqueeze(0) + n_rows * member.unsqueeze(2)).view(-1, 3),
+        center=center, neighbor=neighbor, inverse=inverse, multiplicity=m, member_rows=(rows.unsqueeze(0) + n_rows * member.unsqueeze(2)).view(-1, 3),
         to_center=(by_center + e * member).view(-1), to_center_offsets=(center_offsets + e * member).view(-1),
         center_weights=m[by_center].repeat(k),
         to_rows=(torch.div(by_row, 3, rounding_mode="floor") + e * member).view(-1),
         to_rows_offsets=(row_offsets + 3 * e * member).view(-1))
 
 
-def _bn_gate_eager(table, rows, w, gamma, beta, eps: float):
-    """The edge step from the table [K, 2N + B, 2A], per member: each edge sums its three rows (z [K, E, 2A]), batch
-    norm over the edges weighted by w [E, 1], the gate. Returns x̂, σ(y) (σ(f), and σ(c) = softplus'(c) for the
+def _bn_gate_eager(centers, neighbors, bonds, index: _EdgeIndex, w, gamma, beta, eps: float):
+    """The edge step from the fc_full parts of every atom as centre and as neighbour [K, N, 2A] and of every distinct
+    distance [K, B, 2A], per member: each edge sums its three (z [K, E, 2A]), batch norm over the edges weighted by
+    w [E, 1], the gate. Returns x̂, σ(y) (σ(f), and σ(c) = softplus'(c) for the
     backward), softplus(c), the messages σ(f)·softplus(c), and the statistics (mean, var, 1/√(var + eps)).
-    Compiled, the gather is read inside the loops instead of written out first (0.4 ms a layer for 8 members)."""
-    a = table.shape[-1] // 2
-    z = table[:, rows[:, 0]] + table[:, rows[:, 1]] + table[:, rows[:, 2]]
+    Compiled, the gather is read inside the loops instead of written out first (0.4 ms a layer for 8 members),
+    from the parts as the matmuls leave them (no concatenated table)."""
+    a = centers.shape[-1] // 2
+    z = centers[:, index.center] + neighbors[:, index.neighbor] + bonds[:, index.inverse]
     mean = (w * z).sum(1, keepdim=True)  # [K, 1, 2A]
     centred = z - mean
     var = (w * centred * centred).sum(1, keepdim=True)
@@ -132,8 +136,8 @@ class _StackedGatedMessages(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bonds, wc, wn, wu, bias, index: _EdgeIndex, w, gamma, beta, eps: float):
         k, n, a = x.shape
-        table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
-        x_hat, sig, core, messages, mean, var, inv = _bn_gate(table, index.rows, w, gamma, beta, eps)
+        parts = torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)
+        x_hat, sig, core, messages, mean, var, inv = _bn_gate(*parts, index, w, gamma, beta, eps)
         out = F.embedding_bag(index.to_center, messages.view(-1, a), index.to_center_offsets, mode="sum",
                               per_sample_weights=index.center_weights).view(k, n, a)
         ctx.save_for_backward(x, bonds, wc, wn, x_hat, sig, core, w, inv, gamma)
@@ -147,8 +151,7 @@ class _StackedGatedMessages(torch.autograd.Function):
         index = ctx.index
         k, n, a = x.shape
         n_rows = 2 * n + bonds.shape[0]
-        dz, dgamma, dbeta = _bn_gate_backward(dout, index.rows[:, 0], index.multiplicity, sig, core, x_hat, w, inv,
-                                              gamma)
+        dz, dgamma, dbeta = _bn_gate_backward(dout, index.center, index.multiplicity, sig, core, x_hat, w, inv, gamma)
         d_table = F.embedding_bag(index.to_rows, dz.view(-1, 2 * a), index.to_rows_offsets,
                                   mode="sum").view(k, n_rows, 2 * a)
         d_center, d_neighbor, d_bond = d_table[:, :n], d_table[:, n : 2 * n], d_table[:, 2 * n :]
