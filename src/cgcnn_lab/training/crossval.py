@@ -19,6 +19,7 @@ import pandas as pd
 
 from cgcnn_lab.data.dataset import build_dataset
 from cgcnn_lab.inference import Predictions
+from cgcnn_lab.training.inputs import RunResult, classes_of, read_data
 from cgcnn_lab.training.report import (
     class_counts,
     predict_run,
@@ -31,10 +32,9 @@ from cgcnn_lab.training.report import (
 from cgcnn_lab.training.splits import Split, make_split
 
 
-def cross_validate(data, model_cfg, opts, raw, log):
-    """Train the ``opts.folds`` folds (those not finished), pool their test predictions, write ``opts.out``."""
-    from cgcnn_lab.training.run import RunResult, classes_of, read_data, train
-
+def cross_validate(data, model_cfg, opts, raw, log, train_fold):
+    """Train the ``opts.folds`` folds (those not finished) with ``train_fold`` (``run.train``: one run, its test
+    split the fold), pool their test predictions, write ``opts.out``."""
     start, out = time.perf_counter(), Path(opts.out)
     raw = raw if raw is not None else read_data(data, opts)
     runs = []
@@ -46,7 +46,7 @@ def cross_validate(data, model_cfg, opts, raw, log):
             continue
         log(f"fold {k} of {opts.folds}")
         resume = (fold / "checkpoints" / "last.ckpt").exists()
-        train(data, model_cfg, replace(opts, test_fold=k, out=str(fold), resume=resume), raw=raw, log=log)
+        train_fold(data, model_cfg, replace(opts, test_fold=k, out=str(fold), resume=resume), raw=raw, log=log)
     fold_models = [run_models(run) for run in runs]  # (models, spread scale) of each fold
     spec = fold_models[0][0][0].spec  # the first fold's first model
     dataset = build_dataset(raw, spec.graph, spec.encoding, data.cache_dir, data.use_cache, data.strict, data.jobs)

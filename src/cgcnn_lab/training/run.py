@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +32,19 @@ from cgcnn_lab.data.batching import STREAM_ABOVE, PackedGraphs, PackedLoader, av
 from cgcnn_lab.data.dataset import CrystalDataset, build_dataset
 from cgcnn_lab.data.elements import choose_encoding
 from cgcnn_lab.data.formula import parse_pattern
-from cgcnn_lab.data.sources import DataError, RawDataset, load_dataset
+from cgcnn_lab.data.sources import DataError, RawDataset
 from cgcnn_lab.inference import TrainedModel, load_trained
 from cgcnn_lab.model.config import ModelConfig
 from cgcnn_lab.spec import ModelSpec
 from cgcnn_lab.targets import TargetTransform
 from cgcnn_lab.training.callbacks import EpochLines, EpochMetricsCSV, ShareCores, ema_callback, quiet_lightning
+from cgcnn_lab.training.crossval import cross_validate
 from cgcnn_lab.training.finetune import continue_transform, degree_histogram, fine_tuning_setup, transfer_weights
+from cgcnn_lab.training.inputs import RunResult, classes_of, read_data
 from cgcnn_lab.training.options import DataOptions, TrainOptions
 from cgcnn_lab.training.report import evaluate, summary, write_plots
 from cgcnn_lab.training.splits import Split, make_split
 from cgcnn_lab.training.tracking import check_loggers, log_config, log_final, make_loggers
-
-
-@dataclass
-class RunResult:
-    out: Path
-    metrics: dict
-    dataset: CrystalDataset
-    split: Split
-    seconds: float
 
 
 def train(
@@ -66,9 +59,7 @@ def train(
         parse_pattern(pattern)
     check_loggers(opts.logger)  # a missing tracking package too
     if opts.folds and opts.test_fold is None:
-        from cgcnn_lab.training.crossval import cross_validate
-
-        return cross_validate(data, model_cfg, opts, raw, log)
+        return cross_validate(data, model_cfg, opts, raw, log, train_fold=train)
     start, out = time.perf_counter(), Path(opts.out)
     resumed = check_run_folder(out, opts.resume)  # every check happens before the first epoch
     raw_given = raw is not None
@@ -120,11 +111,6 @@ def check_run_folder(out: Path, resume: bool) -> dict | None:
     return safe_load(last).get("hyper_parameters") or {} if resume else None
 
 
-def read_data(data: DataOptions, opts: TrainOptions) -> RawDataset:
-    extra = [opts.fold_col] if opts.fold_col else []
-    return load_dataset(data.source, data.targets, data.id_col, data.structure_col, data.strict, extra_cols=extra)
-
-
 def choose_network(data: DataOptions, model_cfg: ModelConfig, raw: RawDataset, pretrained: TrainedModel | None,
                    asked, log):
     """(graph settings, architecture, element encoding): the options', or the pretrained model's."""
@@ -146,25 +132,6 @@ def featurise(raw: RawDataset, data: DataOptions, graph, encoding, progress: boo
             entry.content = ""
     log(dataset.summary())
     return dataset
-
-
-def class_labels(targets: np.ndarray, threshold: float | None, where: str) -> np.ndarray:
-    """Integer class labels: thresholded targets, or targets that already are 0..K-1 integers."""
-    y = targets[:, 0]
-    if threshold is not None:
-        return (y > threshold).astype(np.int64)
-    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
-        raise DataError(f"{where}: classification targets must be class labels 0, 1, ... (or use --threshold X)")
-    return y.astype(np.int64)
-
-
-def classes_of(dataset: CrystalDataset, data: DataOptions, task: str) -> np.ndarray | None:
-    """The class labels of a classification run (None for regression): they stratify the split and are learned."""
-    if task != "classification":
-        return None
-    if dataset.targets.shape[1] > 1:
-        raise DataError("classification takes exactly one target column")
-    return class_labels(dataset.targets, data.threshold, str(data.source))
 
 
 def fit_targets(dataset: CrystalDataset, split: Split, data: DataOptions, model_cfg: ModelConfig, graph, encoding,
