@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/members_speed.py [--batches 30] [--rounds 5] [--threads 2 1] [--members 1 4 8]
                                             [--no-profile] [--no-vmap] [--device cuda] [--max-nbr 8]
-                                            [--against OLD_MEMBERS_PY ...]
+                                            [--against OLD_MEMBERS_PY ...] [--eval]
 
 The "profile first" step of ``--members K``. Real training batches: Castelli perovskites, Matbench fold-0 training
 crystals (``matbench_fold != 0``), featurised by the package with 8 neighbours (``--max-nbr``), ``--batches`` shuffled batches of 64
@@ -251,6 +251,30 @@ def time_all(table, batches, ks, threads, rounds, against=()):
     return rows
 
 
+def time_eval(table, k: int, threads: int, rounds: int, n_crystals: int = 4000, max_nbr: int = 8) -> str:
+    """Evaluation (validation, predict): K separate models against the stack, batches of 256 crystals."""
+    torch.set_num_threads(threads)
+    dataset = cgcnn_lab.featurize(str(DATA), targets=["e_form"], max_neighbors=max_nbr)
+    batches = [b.to(DEVICE) for b in dataset.loader(np.arange(n_crystals), 256, collapse=True)]
+    models = [m.eval() for m in build_models(k, table)]
+    stack = MemberStack(models).eval()
+    runs = {"separate": lambda b: [m(b) for m in models], "stacked": stack}
+    times = {name: [] for name in runs}
+    with torch.no_grad():
+        for r in range(rounds + 1):  # the first round warms up (and compiles)
+            for name, run in runs.items():
+                sync()
+                start = time.perf_counter()
+                for b in batches:
+                    run(b)
+                sync()
+                if r:
+                    times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return (f"evaluation, {n_crystals} crystals in batches of 256, K={k}, {threads} threads: {k} separate models "
+            f"{med['separate']:.2f} s, stacked {med['stacked']:.2f} s ({med['separate'] / med['stacked']:.2f}x)")
+
+
 def profile(table, batches, k, threads):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
@@ -283,6 +307,7 @@ def main() -> None:
     p.add_argument("--no-vmap", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-nbr", type=int, default=8, help="neighbours per atom (the matbench preset: 12)")
+    p.add_argument("--eval", action="store_true", help="only time evaluation (validation, predict): separate vs stacked")
     p.add_argument("--against", nargs="+", default=[], metavar="FILE",
                    help="also time the fused stack of these members.py files (earlier commits'), interleaved")
     args = p.parse_args()
@@ -290,6 +315,10 @@ def main() -> None:
     DEVICE = torch.device(args.device)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     print(f"load average before: {os.getloadavg()}")
+    if args.eval:
+        for k in args.members:
+            print(time_eval(ElementEncoding.cgcnn92().table, k, args.threads[0], args.rounds, max_nbr=args.max_nbr))
+        return
     _dataset, n_train, batches = load_batches(args.batches, max_nbr=args.max_nbr)
     table = ElementEncoding.cgcnn92().table
     nodes = np.mean([b.num_nodes for b in batches])

@@ -85,6 +85,8 @@ def test_the_stack_computes_each_members_own_function(table, cache, config, coll
     with torch.no_grad():
         evaluated = torch.stack([m.eval()(batch) for m in members])
         torch.testing.assert_close(stack(batch), evaluated, rtol=1e-10, atol=1e-10)
+    if stack._fused_eval(out):  # evaluation's compiled chains ran too
+        assert members_module._gate_eval.compiled is not None and not members_module._gate_eval.failed
     assert isinstance(stack.member(2), CGCNN)
 
 
