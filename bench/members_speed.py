@@ -129,8 +129,8 @@ def check_equal(models: list[CGCNN], batches, fused: bool) -> list[str]:
 
     separate = [copy.deepcopy(m) for m in models]
     stacked = MemberStack(separate)
-    if not fused:  # the composite edge step: what evaluation and non-softplus activations use
-        stacked._fused = lambda x: False
+    if not fused:  # the composite edge step: what non-softplus activations and no batch norm use
+        stacked._compiled_step = lambda x: False
     b = batches[0]
     lines = []
     with torch.no_grad():
@@ -197,7 +197,7 @@ class Stacked:
     def __init__(self, models):
         self.model = self.stack(models).train()
         if not self.fused:
-            self.model._fused = lambda x: False
+            self.model._compiled_step = lambda x: False
         self.opt = make_optimizer("adamw", self.model.parameters(), LR, WEIGHT_DECAY)
 
     def epoch(self, batches):

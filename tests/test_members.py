@@ -64,7 +64,7 @@ def test_the_stack_computes_each_members_own_function(table, cache, config, coll
     stack = MemberStack(copy.deepcopy(members)).train()
     batch.y = batch.y.double()
     out = stack(batch)
-    if stack._fused(out):  # the compiled chains ran, not their uncompiled fallback (model/compiled.py)
+    if stack._compiled_step(out):  # the compiled chains ran, not their uncompiled fallback (model/compiled.py)
         assert members_module._bn_gate.compiled is not None and not members_module._bn_gate.failed
     ref = torch.stack([m(batch) for m in members])
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -85,7 +85,7 @@ def test_the_stack_computes_each_members_own_function(table, cache, config, coll
     with torch.no_grad():
         evaluated = torch.stack([m.eval()(batch) for m in members])
         torch.testing.assert_close(stack(batch), evaluated, rtol=1e-10, atol=1e-10)
-    if stack._fused_eval(out):  # evaluation's compiled chains ran too
+    if stack._compiled_step(out):  # evaluation's compiled chains ran too
         assert members_module._gate_eval.compiled is not None and not members_module._gate_eval.failed
     assert isinstance(stack.member(2), CGCNN)
 

@@ -32,7 +32,7 @@ class MaybeCompiled:
             return self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported platform: the eager function is exact
             self.failed = True
-            warnings.warn(f"torch.compile failed for {self.fn.__name__} ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); running it "
-                          "uncompiled (slower, the same results)", RuntimeWarning, stacklevel=2)
+            first_line = next(iter(str(err).strip().splitlines()), "")[:200]
+            warnings.warn(f"torch.compile failed for {self.fn.__name__} ({type(err).__name__}: {first_line}); running "
+                          "it uncompiled (slower, the same results)", RuntimeWarning, stacklevel=2)
             return self.fn(*args)

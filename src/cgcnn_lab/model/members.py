@@ -72,11 +72,20 @@ def _edge_index(k: int, n: int, n_bonds: int, center, neighbor, inverse, m) -> _
     by_center, center_offsets = _bags(center, n)
     by_row, row_offsets = _bags(rows.view(-1), n_rows)
     return _EdgeIndex(
-        center=center, neighbor=neighbor, inverse=inverse, multiplicity=m, member_rows=(rows.unsqueeze(0) + n_rows * member.unsqueeze(2)).view(-1, 3),
+        center=center, neighbor=neighbor, inverse=inverse, multiplicity=m,
+        member_rows=(rows.unsqueeze(0) + n_rows * member.unsqueeze(2)).view(-1, 3),
         to_center=(by_center + e * member).view(-1), to_center_offsets=(center_offsets + e * member).view(-1),
         center_weights=m[by_center].repeat(k),
         to_rows=(torch.div(by_row, 3, rounding_mode="floor") + e * member).view(-1),
         to_rows_offsets=(row_offsets + 3 * e * member).view(-1))
+
+
+def _weighted_statistics(x, w):
+    """Each member's batch-norm statistics of x [K, R, C] over rows weighted by w [R, 1] (summing to 1): the mean,
+    x centred, and the (biased) variance."""
+    mean = (w * x).sum(1, keepdim=True)  # [K, 1, C]
+    centred = x - mean
+    return mean, centred, (w * centred * centred).sum(1, keepdim=True)
 
 
 def _bn_gate_eager(centers, neighbors, bonds, index: _EdgeIndex, w, gamma, beta, eps: float):
@@ -88,9 +97,7 @@ def _bn_gate_eager(centers, neighbors, bonds, index: _EdgeIndex, w, gamma, beta,
     from the parts as the matmuls leave them (no concatenated table)."""
     a = centers.shape[-1] // 2
     z = centers[:, index.center] + neighbors[:, index.neighbor] + bonds[:, index.inverse]
-    mean = (w * z).sum(1, keepdim=True)  # [K, 1, 2A]
-    centred = z - mean
-    var = (w * centred * centred).sum(1, keepdim=True)
+    mean, centred, var = _weighted_statistics(z, w)
     inv = torch.rsqrt(var + eps)
     x_hat = centred * inv
     y = x_hat * gamma + beta
@@ -115,9 +122,7 @@ def _bn_gate_backward_eager(dout, center, m, sig, core, x_hat, w, inv, gamma):
 def _residual_bn_softplus_eager(x, summed, w, gamma, beta, eps: float):
     """The gated layer's end in training, softplus(x + BN(Σ messages)), statistics per member over the atoms weighted
     by w [N, 1]; returns it with the (detached) statistics."""
-    mean = (w * summed).sum(1, keepdim=True)
-    centred = summed - mean
-    var = (w * centred * centred).sum(1, keepdim=True)
+    mean, centred, var = _weighted_statistics(summed, w)
     out = F.softplus(x + centred * torch.rsqrt(var + eps) * gamma + beta)
     return out, mean.detach(), var.detach()
 
@@ -142,6 +147,19 @@ _residual_bn_softplus_eval = MaybeCompiled(_residual_bn_softplus_eval_eager)
 _bn_gate_backward = MaybeCompiled(_bn_gate_backward_eager)
 
 
+def _fc_parts(x, bonds, wc, wn, wu, bias) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fc_full`` of every atom as centre (with the bias) and as neighbour [K, N, 2A], and of every distinct
+    distance [K, B, 2A]: an edge's pre-activation is the sum of its three rows."""
+    return torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)
+
+
+def _sum_at_centers(messages: torch.Tensor, index: _EdgeIndex, n: int) -> torch.Tensor:
+    """Σ over each centre's edges of m_e × messages [K, E, A] -> [K, N, A], as one bag over all members' rows."""
+    k, _, a = messages.shape
+    return F.embedding_bag(index.to_center, messages.reshape(-1, a), index.to_center_offsets, mode="sum",
+                           per_sample_weights=index.center_weights).view(k, n, a)
+
+
 class _StackedGatedMessages(torch.autograd.Function):
     """convs.py's ``_GatedMessages`` (the fused edge step of training) with a member dimension: x [K, N, A], weight
     blocks [K, in, 2A], one batched matmul per block; the gather, batch norm (statistics per member) and gate as one
@@ -150,11 +168,9 @@ class _StackedGatedMessages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bonds, wc, wn, wu, bias, index: _EdgeIndex, w, gamma, beta, eps: float):
-        k, n, a = x.shape
-        parts = torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)
+        parts = _fc_parts(x, bonds, wc, wn, wu, bias)
         x_hat, sig, core, messages, mean, var, inv = _bn_gate(*parts, index, w, gamma, beta, eps)
-        out = F.embedding_bag(index.to_center, messages.view(-1, a), index.to_center_offsets, mode="sum",
-                              per_sample_weights=index.center_weights).view(k, n, a)
+        out = _sum_at_centers(messages, index, x.shape[1])
         ctx.save_for_backward(x, bonds, wc, wn, x_hat, sig, core, w, inv, gamma)
         ctx.index = index
         ctx.mark_non_differentiable(mean, var)
@@ -267,77 +283,71 @@ class MemberStack(nn.Module):
         count = atom_weight.index_select(0, center) * edge_weight  # unmerged edges each row stands for
         distances, inverse = torch.unique(batch.distance, return_inverse=True)  # bond features per distance
         bonds = self.expansion(distances)
-        graph = (bonds, _edge_index(self.k, n, bonds.shape[0], center, neighbor, inverse, edge_weight), center,
-                 edge_weight, count)
+        graph = (bonds, _edge_index(self.k, n, bonds.shape[0], center, neighbor, inverse, edge_weight), count)
         for layer in range(self.n_conv):
             x = self._gated(layer, x, graph, atom_weight)
         return x
 
     def _gated(self, layer: int, x: torch.Tensor, graph, atom_weight: torch.Tensor) -> torch.Tensor:
         """``GatedConv`` for every member at once."""
-        bonds, edges, center, edge_weight, count = graph
+        bonds, edges, count = graph
         k, n, a = x.shape
         prefix = f"convs.{layer}"
         weight, bias = self._p(f"{prefix}.fc_full.weight"), self._p(f"{prefix}.fc_full.bias").unsqueeze(1)
         wc, wn, wu = (weight[:, :, s].transpose(1, 2) for s in (slice(0, a), slice(a, 2 * a), slice(2 * a, None)))
-        if self._fused(x):
-            return self._gated_fused(prefix, x, bonds, (wc, wn, wu, bias), edges, count, atom_weight)
-        if self._fused_eval(x):
+        if self._compiled_step(x):
+            if self.training:
+                return self._gated_fused(prefix, x, bonds, (wc, wn, wu, bias), edges, count, atom_weight)
             return self._gated_eval(prefix, x, bonds, (wc, wn, wu, bias), edges)
         if self.training and self.config.batchnorm:
             bias = bias * 0 + bias.detach()  # its exact zero gradient, as in the fused step
-        table = torch.cat([torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)], dim=1)
+        table = torch.cat(_fc_parts(x, bonds, wc, wn, wu, bias), dim=1)
         z = F.embedding_bag(edges.member_rows, table.view(-1, 2 * a), mode="sum").view(k, -1, 2 * a)
         gate, core = self._batch_norm(z, f"{prefix}.bn1", count).split(a, dim=2)
-        messages = torch.sigmoid(gate) * self.act(core) * edge_weight.view(1, -1, 1).to(x.dtype)
-        summed = x.new_zeros((k, n, a)).index_add_(1, center, messages)
+        messages = torch.sigmoid(gate) * self.act(core) * edges.multiplicity.view(1, -1, 1)
+        summed = x.new_zeros((k, n, a)).index_add_(1, edges.center, messages)
         return self.act(x + self._batch_norm(summed, f"{prefix}.bn2", atom_weight))
 
     def _gated_fused(self, prefix: str, x, bonds, weights, edges: _EdgeIndex, count, atom_weight) -> torch.Tensor:
-        """The gated layer in training (``_fused``): the edge step and the layer's end, each written out or compiled."""
-        gamma, beta = self._p(f"{prefix}.bn1.weight").unsqueeze(1), self._p(f"{prefix}.bn1.bias").unsqueeze(1)
+        """The gated layer in training (``_compiled_step``): the edge step and the layer's end, each written out or
+        compiled."""
         w = (count / count.sum()).unsqueeze(1).to(x.dtype)  # [E, 1]
-        summed, mean, var = _StackedGatedMessages.apply(x, bonds, *weights, edges, w, gamma, beta, self.eps)
+        summed, mean, var = _StackedGatedMessages.apply(x, bonds, *weights, edges, w, *self._affine(f"{prefix}.bn1"),
+                                                        self.eps)
         self._track(f"{prefix}.bn1", mean, var, count.sum())
-        gamma, beta = self._p(f"{prefix}.bn2.weight").unsqueeze(1), self._p(f"{prefix}.bn2.bias").unsqueeze(1)
         w = (atom_weight / atom_weight.sum()).unsqueeze(1)  # [N, 1]
-        out, mean, var = _residual_bn_softplus(x, summed, w, gamma, beta, self.eps)
+        out, mean, var = _residual_bn_softplus(x, summed, w, *self._affine(f"{prefix}.bn2"), self.eps)
         self._track(f"{prefix}.bn2", mean, var, atom_weight.sum())
         return out
 
     def _gated_eval(self, prefix: str, x, bonds, weights, edges: _EdgeIndex) -> torch.Tensor:
-        """The gated layer in evaluation (``_fused_eval``): two compiled chains and one bag, where the composite's
+        """The gated layer in evaluation (``_compiled_step``): two compiled chains and one bag, where the composite's
         passes over [K, E, 2A] tensors of a 256-crystal batch (tens of MB) made 8 stacked members slower than 8
         separate models."""
-        wc, wn, wu, bias = weights
-        k, n, a = x.shape
-        parts = torch.baddbmm(bias, x, wc), torch.bmm(x, wn), torch.matmul(bonds, wu)
-        messages = _gate_eval(*parts, edges, *self._running(f"{prefix}.bn1"), self.eps)
-        summed = F.embedding_bag(edges.to_center, messages.view(-1, a), edges.to_center_offsets, mode="sum",
-                                 per_sample_weights=edges.center_weights).view(k, n, a)
+        messages = _gate_eval(*_fc_parts(x, bonds, *weights), edges, *self._running(f"{prefix}.bn1"), self.eps)
+        summed = _sum_at_centers(messages, edges, x.shape[1])
         return _residual_bn_softplus_eval(x, summed, *self._running(f"{prefix}.bn2"), self.eps)
 
+    def _affine(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch norm's γ and β, each [K, 1, C]."""
+        return self._p(f"{name}.weight").unsqueeze(1), self._p(f"{name}.bias").unsqueeze(1)
+
     def _running(self, name: str) -> tuple[torch.Tensor, ...]:
-        """A batch norm's running mean and variance and its γ and β, each [K, 1, C]."""
-        return tuple(t.unsqueeze(1) for t in (getattr(self, _key(f"{name}.running_mean")),
-                                               getattr(self, _key(f"{name}.running_var")),
-                                               self._p(f"{name}.weight"), self._p(f"{name}.bias")))
+        """A batch norm's running mean and variance [K, 1, C], then its γ and β."""
+        running = (getattr(self, _key(f"{name}.running_{s}")).unsqueeze(1) for s in ("mean", "var"))
+        return (*running, *self._affine(name))
 
-    def _fused_eval(self, x: torch.Tensor) -> bool:
-        """The compiled evaluation step: as ``_fused`` but in evaluation."""
-        return (not self.training and self.config.batchnorm and self.config.activation == "softplus"
-                and not torch.is_autocast_enabled(x.device.type))
-
-    def _fused(self, x: torch.Tensor) -> bool:
-        """The hand-written edge step (as ``GatedConv._fused``): training, batch norm, softplus, no autocast."""
-        return (self.training and self.config.batchnorm and self.config.activation == "softplus"
+    def _compiled_step(self, x: torch.Tensor) -> bool:
+        """The written-out, compiled gated layer (training: as ``GatedConv._fused``; evaluation: with the running
+        statistics): batch norm, softplus, no autocast. Otherwise the composite."""
+        return (self.config.batchnorm and self.config.activation == "softplus"
                 and not torch.is_autocast_enabled(x.device.type))
 
     def _batch_norm(self, x: torch.Tensor, name: str, weight: torch.Tensor) -> torch.Tensor:
         """Batch norm of x [K, R, C] with statistics per member over rows weighted by ``weight`` [R]."""
         if not self.config.batchnorm:
             return x
-        gamma, beta = self._p(f"{name}.weight").unsqueeze(1), self._p(f"{name}.bias").unsqueeze(1)
+        gamma, beta = self._affine(name)
         if not self.training:
             mean, var = getattr(self, _key(f"{name}.running_mean")), getattr(self, _key(f"{name}.running_var"))
             return torch.addcmul(beta, x - mean.unsqueeze(1), torch.rsqrt(var + self.eps).unsqueeze(1) * gamma)
