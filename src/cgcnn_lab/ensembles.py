@@ -21,11 +21,11 @@ import numpy as np
 
 from cgcnn_lab.checkpoint import CheckpointError
 from cgcnn_lab.data.sources import RawDataset
-from cgcnn_lab.inference import Predictions, predict_data
+from cgcnn_lab.inference import ENSEMBLE_FILE as FILE
+from cgcnn_lab.inference import Predictions, ensemble_members, predict_data
 from cgcnn_lab.packaged import SPLIT, ids_by_split, read_split
 from cgcnn_lab.spec import in_unit
 
-FILE = "ensemble.json"
 LEVELS = (0.6827, 0.9545)  # the ±1σ and ±2σ bands of a normal error
 
 
@@ -42,7 +42,7 @@ def _members_of(run: Path) -> list[Path]:
     """A run, or the members of an ensemble folder (``train --members K``, or an earlier ``ensemble``)."""
     if not (run / FILE).is_file():
         return [run]
-    return [run / m for m in json.loads((run / FILE).read_text())["members"]]
+    return ensemble_members(run, json.loads((run / FILE).read_text()), counted=False)
 
 
 def member_predictions(runs: list[Path], raw: RawDataset, ids: list[str], **read) -> tuple[np.ndarray, Predictions]:

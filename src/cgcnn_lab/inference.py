@@ -341,8 +341,12 @@ def expand_ensembles(models: Sequence[str | Path]) -> tuple[list, np.ndarray | f
         raise CheckpointError(f"{folders[0]} is an ensemble already (with a calibrated spread): predict with it alone")
     folder = Path(folders[0])
     record = json.loads((folder / ENSEMBLE_FILE).read_text())
-    members = [folder / m for m, n in zip(record["members"], record["counts"]) for _ in range(n)]
-    return members, np.asarray(record["scale"], dtype=np.float64)
+    return ensemble_members(folder, record, counted=True), np.asarray(record["scale"], dtype=np.float64)
+
+
+def ensemble_members(folder: Path, record: dict, counted: bool) -> list[Path]:
+    """The members of an ensemble folder (its ensemble.json ``record``), each as often as it counts or once."""
+    return [folder / m for m, n in zip(record["members"], record["counts"]) for _ in range(n if counted else 1)]
 
 
 def predict_structures(model: str | Path, structures, ids=None, atom_init: str | Path | None = None) -> Predictions:
